@@ -1,0 +1,44 @@
+# Every target installs what it needs first, so `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The stamp changes whenever the dependency declarations change, so `make` reinstalls then.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements/constraints.txt | cksum | cut -d' ' -f1)
+PIP    := $(BIN)/python -m pip
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast lint format demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU build of torch first (it lies on these machines' disk), then the package.
+	$(PIP) install -q -c requirements/constraints.txt torch==2.13.0
+	$(PIP) install -q -c requirements/constraints.txt -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# The main job on the embedded default: bundled model, local Ray, local files.
+demo: install
+	$(BIN)/diffedit-batch prepare shapes --out data/shapes_manifest --rows 16
+	$(BIN)/diffedit-batch run jobs/shapes_recolor.yaml
+	$(BIN)/diffedit-batch preview out/shapes_recolor --out out/shapes_recolor_preview.png
+
+clean:
+	rm -rf $(VENV) out data .pytest_cache .ruff_cache

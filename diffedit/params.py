@@ -1,0 +1,117 @@
+"""DiffEdit parameters: one frozen, typed, strictly validated record.
+
+Every default states its source. All of them can be overridden per call (``EditParams.replace``)
+and per row (``EditRequest.params`` or the job manifest's override columns).
+
+Paper: Couairon, Verbeek, Schwenk, Cord, "DiffEdit: Diffusion-based semantic image editing with
+mask guidance", ICLR 2023, arXiv 2210.11427 (section numbers below refer to it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args, get_type_hints
+
+EncodeConditioning = Literal["unconditional", "caption"]
+
+
+@dataclass(frozen=True)
+class EditParams:
+    # --- step 1, mask (paper §3.2 "Step 1: computing editing mask") ---
+    num_mask_draws: int = 10  # n noise draws per mask; the paper uses n = 10
+    mask_strength: float = 0.5  # noise strength of the draws, in (0, 1]; the paper: 50%, "≤ 0.6 works best"
+    mask_threshold: float = 0.5  # binarisation threshold on the [0, 1] map; the paper: 0.5
+    mask_clip_quantile: float = 0.99  # "remove extreme values": clip the map at this per-image quantile
+    mask_smoothing: float = 0.0  # Gaussian sigma in latent pixels applied before thresholding; 0 = none
+    # --- step 2, encode (paper §3.2 "Step 2: encoding") ---
+    num_inference_steps: int = 50  # DDIM steps over the whole [0, T] range; diffusers' and the paper's default
+    encode_ratio: float = 0.8  # r: how far DDIM encoding goes, in (0, 1]; diffusers' inpaint_strength default
+    encode_conditioning: EncodeConditioning = "unconditional"  # the paper encodes unconditionally
+    # --- step 3, decode (paper §3.2 "Step 3: decoding with mask guidance") ---
+    guidance_scale: float = 7.5  # classifier-free guidance; the paper uses 7.5 on Stable Diffusion
+    negative_prompt: str = ""  # the unconditional prompt of classifier-free guidance
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_mask_draws < 1:
+            problems.append(f"num_mask_draws must be >= 1, got {self.num_mask_draws}")
+        if not 0.0 < self.mask_strength <= 1.0:
+            problems.append(f"mask_strength must be in (0, 1], got {self.mask_strength}")
+        if not 0.0 <= self.mask_threshold <= 1.0:
+            problems.append(f"mask_threshold must be in [0, 1], got {self.mask_threshold}")
+        if not 0.5 <= self.mask_clip_quantile <= 1.0:
+            problems.append(f"mask_clip_quantile must be in [0.5, 1], got {self.mask_clip_quantile}")
+        if self.mask_smoothing < 0.0 or not math.isfinite(self.mask_smoothing):
+            problems.append(f"mask_smoothing must be a finite value >= 0, got {self.mask_smoothing}")
+        if self.num_inference_steps < 1:
+            problems.append(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if not 0.0 < self.encode_ratio <= 1.0:
+            problems.append(f"encode_ratio must be in (0, 1], got {self.encode_ratio}")
+        if self.encode_conditioning not in get_args(EncodeConditioning):
+            problems.append(
+                f"encode_conditioning must be one of {get_args(EncodeConditioning)}, got {self.encode_conditioning!r}"
+            )
+        if self.guidance_scale < 0.0 or not math.isfinite(self.guidance_scale):
+            problems.append(f"guidance_scale must be a finite value >= 0, got {self.guidance_scale}")
+        if problems:
+            raise ValueError("invalid DiffEdit parameters: " + "; ".join(problems))
+
+    @property
+    def num_encode_steps(self) -> int:
+        """K, the number of DDIM steps between the clean latent and the encoded one (>= 1)."""
+        return max(1, int(self.num_inference_steps * self.encode_ratio))
+
+    def replace(self, **overrides: Any) -> EditParams:
+        """A copy with ``overrides`` applied, each checked like ``from_dict`` does."""
+        return EditParams.from_dict({**self.to_dict(), **overrides}, source="overrides")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>", base: EditParams | None = None) -> EditParams:
+        """Strict construction: an unknown key or a wrong type is an error naming the key and ``source``.
+
+        Keys missing from ``data`` take their value from ``base`` (or the defaults). Integers are accepted
+        for float fields; booleans are never accepted as numbers.
+        """
+        hints = get_type_hints(cls)
+        known = set(cls.field_names())
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown DiffEdit parameter(s) {unknown}; known: {sorted(known)}")
+        values = (base or cls()).to_dict()
+        for key, value in data.items():
+            values[key] = _coerce(key, value, hints[key], source)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+
+
+def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
+    """Check ``value`` against the field type; return it as that type."""
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{source}: {key} must be an integer, got {type(value).__name__} {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{source}: {key} must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{source}: {key} must be a string, got {type(value).__name__} {value!r}")
+        return value
+    # Literal[...] of strings
+    choices = get_args(hint)
+    if value not in choices:
+        raise ValueError(f"{source}: {key} must be one of {list(choices)}, got {value!r}")
+    return value

@@ -1,0 +1,172 @@
+"""Tiny, randomly initialised Stable-Diffusion-layout components, built in-process.
+
+For tests and benchmarks on machines that cannot download a checkpoint. The UNet, VAE and text
+encoder follow the shapes of diffusers' last DiffEdit test suite (v0.34.0,
+tests/pipelines/stable_diffusion_2/test_stable_diffusion_diffedit.py); the tokenizer, which that
+suite fetched from the hub, is built here from a word list (``build_word_tokenizer``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffedit.bundle import ModelBundle
+
+#: Words the tiny tokenizer knows as single tokens; anything else splits into letters.
+TINY_WORDS = (
+    "a an the and on of with in photo picture image background "
+    "red green blue yellow orange purple pink white black grey gray brown "
+    "cat dog bowl fruit apple banana car bus circle square triangle star"
+).split()
+
+#: The scheduler config of Stable Diffusion 1.x (DDIM), as its model directory ships it.
+SD_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+
+
+def build_word_tokenizer(words: list[str] | tuple[str, ...], model_max_length: int = 16) -> Any:
+    """A CLIPTokenizer whose BPE vocabulary holds ``words`` (lower-case letters) as single tokens.
+
+    The vocabulary has CLIP's special tokens, every letter (alone and word-final), and for each word
+    the chain of merges that builds it left to right. Unknown words fall back to letters.
+    """
+    from transformers import CLIPTokenizer
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    words = list(dict.fromkeys(w.lower() for w in words))
+    for word in words:
+        if not word.isalpha() or not word.isascii():
+            raise ValueError(f"tokenizer words must be ASCII letters, got {word!r}")
+    # Train a BPE on the word list until no pair is left: merges learnt this way replay exactly on
+    # the training words, so each word ends as one token (hand-made merge chains collide: "re" of
+    # "red" would split "green").
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=100_000,
+        min_frequency=1,
+        special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        initial_alphabet=list(letters),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    bpe.train_from_iterator([" ".join(words), letters], trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    vocab: dict[str, int] = dict(state["vocab"])
+    for c in letters:  # every letter also word-final, so unknown words still tokenize
+        vocab.setdefault(c + "</w>", len(vocab))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    tokenizer.model_max_length = model_max_length
+    return tokenizer
+
+
+def tiny_components(seed: int = 0, sample_size: int = 16, cross_attention_dim: int = 32) -> dict[str, Any]:
+    """The five components of a tiny SD-layout model, deterministic for a given ``seed``.
+
+    VAE stride 2 (two blocks) and a two-level UNet: images must be multiples of 4 pixels, and the
+    native size is ``sample_size * 2`` pixels.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_word_tokenizer(TINY_WORDS)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=sample_size * 2,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=cross_attention_dim,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=tokenizer.model_max_length,
+            hidden_act="gelu",
+            projection_dim=512,
+        )
+    )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler_config": dict(SD_SCHEDULER_CONFIG),
+    }
+
+
+def tiny_bundle(seed: int = 0, **kwargs: Any) -> ModelBundle:
+    """A ``ModelBundle`` of tiny random components (float32, CPU)."""
+    return ModelBundle(**tiny_components(seed, **kwargs), source=f"tiny:{seed}")
+
+
+def save_tiny_model(path: str | Path, seed: int = 0, **kwargs: Any) -> Path:
+    """Write a tiny model as a diffusers Stable Diffusion directory (safetensors weights).
+
+    The result loads with ``diffusers.StableDiffusionPipeline.from_pretrained(path)`` and with
+    ``diffedit.loading.load_bundle(path)``.
+    """
+    from diffusers import DDIMScheduler
+
+    path = Path(path)
+    parts = tiny_components(seed, **kwargs)
+    for name in ("unet", "vae", "text_encoder"):
+        parts[name].save_pretrained(path / name, safe_serialization=True)
+    parts["tokenizer"].save_pretrained(path / "tokenizer")
+    DDIMScheduler.from_config(parts["scheduler_config"]).save_pretrained(path / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.42.1",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
+    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return path
