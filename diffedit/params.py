@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args, get_type_hints
 
 EncodeConditioning = Literal["unconditional", "caption"]
+EncodeMethod = Literal["ddim", "noise"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class EditParams:
     num_inference_steps: int = 50  # DDIM steps over the whole [0, T] range; diffusers' and the paper's default
     encode_ratio: float = 0.8  # r: how far DDIM encoding goes, in (0, 1]; diffusers' inpaint_strength default
     encode_conditioning: EncodeConditioning = "unconditional"  # the paper encodes unconditionally
+    encode_method: EncodeMethod = "ddim"  # "ddim" inversion (the paper); "noise" = SDEdit's forward noising, a baseline
     # --- step 3, decode (paper §3.2 "Step 3: decoding with mask guidance") ---
     guidance_scale: float = 7.5  # classifier-free guidance; the paper uses 7.5 on Stable Diffusion
     negative_prompt: str = ""  # the unconditional prompt of classifier-free guidance
@@ -54,6 +56,8 @@ class EditParams:
             problems.append(
                 f"encode_conditioning must be one of {get_args(EncodeConditioning)}, got {self.encode_conditioning!r}"
             )
+        if self.encode_method not in get_args(EncodeMethod):
+            problems.append(f"encode_method must be one of {get_args(EncodeMethod)}, got {self.encode_method!r}")
         if self.guidance_scale < 0.0 or not math.isfinite(self.guidance_scale):
             problems.append(f"guidance_scale must be a finite value >= 0, got {self.guidance_scale}")
         if problems:

@@ -1,0 +1,348 @@
+"""``DiffEditor``: the three DiffEdit stages over a list of rows, with the model resident.
+
+Per call of ``edit``:
+  1. validate every request, convert images to RGB and to the model's resolution (diffedit.images);
+  2. bucket rows by (model resolution, DDIM steps, encode steps, encode method) — rows of a bucket
+     go through every stage together, their samples batched into UNet calls of at most
+     ``max_batch`` (the n mask draws and both texts of all rows in one flat batch);
+  3. text embeddings once per unique prompt (kept in an LRU cache across calls);
+  4. VAE encode -> step 1 mask -> step 2 encode -> step 3 decode -> VAE decode;
+  5. results resized back to each input's original size, with counters.
+
+No hidden randomness: each row's draws come from generators seeded from the row's seed (one stream
+per stage, ``stage_generator``), and every per-row statistic is computed from that row alone, so a
+row's result does not depend on its batch-mates (to float tolerance).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffedit.bundle import ModelBundle
+from diffedit.decode import ddim_decode
+from diffedit.encode import ddim_encode, noise_encode
+from diffedit.images import map_to_pil, model_resolution, pil_to_tensor, tensor_to_pil, to_rgb
+from diffedit.mask import diffedit_mask
+from diffedit.params import EditParams
+from diffedit.schedule import alpha_at, ddim_timesteps, mask_timestep
+
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    image: Image.Image  # any size and supported mode
+    query: str  # Q, the edit text (required, non-empty)
+    caption: str = ""  # R, the reference text; "" = the empty prompt
+    seed: int = 0  # seeds every random draw of this row
+    params: EditParams | None = None  # None: the editor's parameters
+    id: str = ""  # carried through to the result
+    mask: np.ndarray | None = None  # optional (H, W) bool edit region at the image's size: skips step 1
+
+
+@dataclass
+class EditResult:
+    id: str
+    image: Image.Image  # the edit, RGB, at the input's original size
+    mask_soft: Image.Image  # "L", 0..255, at the input's original size
+    mask_binary: Image.Image  # "L", 0 or 255, at the input's original size (the mask step 3 used)
+    mask_soft_latent: np.ndarray  # (h, w) float32 in [0, 1]
+    mask_binary_latent: np.ndarray  # (h, w) bool
+    mask_area: float  # fraction of the latent mask that is edited
+    params: EditParams  # the effective parameters
+    seed: int
+    width: int  # the input's size
+    height: int
+    model_width: int  # the size the model worked at
+    model_height: int
+    input_latent: torch.Tensor  # (C, h, w) the clean input latent x_0, on the CPU
+    latent: torch.Tensor  # (C, h, w) the edited latent y_0, on the CPU
+    counters: dict[str, float] = field(default_factory=dict)  # evaluations and seconds per stage
+
+
+def stage_generator(seed: int, stage: str) -> torch.Generator:
+    """A CPU generator for one stage of one row: seeded from sha256(f"{seed}:{stage}"), so the
+    stages' streams are independent and each is the same on every device and batch."""
+    digest = hashlib.sha256(f"{seed}:{stage}".encode()).digest()
+    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & MAX_SEED)
+
+
+@dataclass
+class _Row:
+    index: int  # position in the caller's list
+    request: EditRequest
+    params: EditParams
+    pixels: torch.Tensor  # (3, H', W') in [-1, 1] at the model's resolution
+    size: tuple[int, int]  # original (width, height)
+    model_size: tuple[int, int]  # (W', H')
+
+
+class DiffEditor:
+    """Holds a ``ModelBundle`` and edits rows with DiffEdit (see the module docstring)."""
+
+    def __init__(
+        self, bundle: ModelBundle, params: EditParams | None = None, max_batch: int = 16, cache_size: int = 4096
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.bundle = bundle
+        self.params = params or EditParams()
+        self.max_batch = max_batch
+        self.cache_size = cache_size
+        self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> (L, D)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, request: EditRequest) -> None:
+        """Raise ValueError (TypeError for wrong types) with a clear message if ``request`` is bad."""
+        if not isinstance(request, EditRequest):
+            raise TypeError(f"expected an EditRequest, got {type(request).__name__}")
+        if not isinstance(request.query, str) or not request.query.strip():
+            raise ValueError("query (the edit text) is empty")
+        if not isinstance(request.caption, str):
+            raise TypeError(f"caption must be a string, got {type(request.caption).__name__}")
+        if isinstance(request.seed, bool) or not isinstance(request.seed, (int, np.integer)):
+            raise TypeError(f"seed must be an integer, got {type(request.seed).__name__}")
+        if not 0 <= int(request.seed) <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**63 - 1], got {request.seed}")
+        if request.params is not None and not isinstance(request.params, EditParams):
+            raise TypeError(f"params must be EditParams or None, got {type(request.params).__name__}")
+        if not isinstance(request.image, Image.Image):
+            raise TypeError(f"image must be a PIL image, got {type(request.image).__name__}")
+        if request.image.width < 1 or request.image.height < 1:
+            raise ValueError(f"image has zero size ({request.image.width}x{request.image.height})")
+        if request.mask is not None:
+            shape = (request.image.height, request.image.width)
+            if np.asarray(request.mask).shape != shape:
+                raise ValueError(f"mask shape {np.asarray(request.mask).shape} != image (height, width) {shape}")
+
+    # ------------------------------------------------------------------ editing
+    def edit(self, requests: Sequence[EditRequest]) -> list[EditResult]:
+        """Edit every request; results in the same order. Raises if any request is invalid."""
+        requests = list(requests)
+        for i, request in enumerate(requests):
+            try:
+                self.validate(request)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"request {i} ({request.id or 'no id'}): {exc}") from None
+        rows = [self._prepare(i, r) for i, r in enumerate(requests)]
+        buckets: dict[tuple, list[_Row]] = {}
+        for row in rows:
+            key = (
+                row.model_size,
+                row.params.num_inference_steps,
+                row.params.num_encode_steps,
+                row.params.encode_method,
+            )
+            buckets.setdefault(key, []).append(row)
+        results: list[EditResult | None] = [None] * len(rows)
+        for bucket in buckets.values():
+            for row, result in zip(bucket, self._edit_bucket(bucket), strict=True):
+                results[row.index] = result
+        return results  # type: ignore[return-value]
+
+    def _prepare(self, index: int, request: EditRequest) -> _Row:
+        image = to_rgb(request.image)
+        b = self.bundle
+        model_size = model_resolution(image.width, image.height, b.native_size, b.pixel_multiple)
+        if model_size != image.size:
+            image = image.resize(model_size, Image.Resampling.LANCZOS)
+        return _Row(
+            index=index,
+            request=request,
+            params=request.params or self.params,
+            pixels=pil_to_tensor(image),
+            size=request.image.size,
+            model_size=model_size,
+        )
+
+    def text_embeddings(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Embeddings of the unique ``prompts``, computed once each and cached (LRU).  # {p: (L, D)}"""
+        unique = list(dict.fromkeys(prompts))
+        missing = [p for p in unique if p not in self._embeddings]
+        for chunk in _chunks(missing, self.max_batch):
+            for prompt, emb in zip(chunk, self.bundle.encode_prompts(chunk), strict=True):
+                self._embeddings[prompt] = emb
+        out = {}
+        for p in unique:
+            self._embeddings.move_to_end(p)
+            out[p] = self._embeddings[p]
+        while len(self._embeddings) > self.cache_size:
+            self._embeddings.popitem(last=False)
+        return out
+
+    @torch.inference_mode()
+    def _edit_bucket(self, rows: list[_Row]) -> list[EditResult]:
+        b = self.bundle
+        B = len(rows)
+        device = b.device
+        p0 = rows[0].params  # steps, encode steps and method are shared by the bucket
+        seconds = {"vae": 0.0, "mask": 0.0, "encode": 0.0, "decode": 0.0}
+        evals = {stage: torch.zeros(B, dtype=torch.int64) for stage in ("mask", "encode", "decode")}
+        clock = _Clock(device)
+
+        # VAE encode: the clean latents x_0.  # (B, C, h, w)
+        pixels = torch.stack([r.pixels for r in rows])  # (B, 3, H, W)
+        x0 = torch.cat([b.vae_encode(chunk) for chunk in pixels.split(self.max_batch)], dim=0)
+        seconds["vae"] += clock.lap()
+        _, C, h, w = x0.shape
+
+        prompts = [r.request.query for r in rows] + [r.request.caption for r in rows]
+        prompts += [r.params.negative_prompt for r in rows] + [""]
+        emb = self.text_embeddings(prompts)
+
+        def stack(texts: list[str]) -> torch.Tensor:
+            return torch.stack([emb[t] for t in texts]).to(device)  # (B, L, D)
+
+        emb_query = stack([r.request.query for r in rows])
+        emb_caption = stack([r.request.caption for r in rows])
+        emb_negative = stack([r.params.negative_prompt for r in rows])
+        emb_empty = stack([""] * B)
+        schedule = ddim_timesteps(b.scheduler_config, p0.num_inference_steps)  # (S,) ascending
+        enc_timesteps = schedule[: p0.num_encode_steps]  # (K,)
+
+        # Step 1: masks, for the rows that were not given one.  # (B, h, w)
+        soft = torch.zeros(B, h, w)
+        binary = torch.zeros(B, h, w, dtype=torch.bool)
+        todo = [i for i, r in enumerate(rows) if r.request.mask is None]
+        for i, r in enumerate(rows):
+            if r.request.mask is not None:
+                binary[i] = _given_mask_to_latent(r.request.mask, (h, w))
+                soft[i] = binary[i].float()
+        if todo:
+            idx = torch.tensor(todo)
+            noises = []
+            for i in todo:
+                gen = stage_generator(int(rows[i].request.seed), "mask")
+                noises.append(torch.randn((rows[i].params.num_mask_draws, C, h, w), generator=gen))
+            t_mask = torch.tensor([mask_timestep(schedule, rows[i].params.mask_strength) for i in todo])
+            evals_mask = torch.zeros(len(todo), dtype=torch.int64)
+            maps = diffedit_mask(
+                b.eps,
+                x0[idx.to(device)],
+                noises,
+                t_mask,
+                alpha_at(b.alphas_cumprod, t_mask).to(device),
+                emb_query[idx.to(device)],
+                emb_caption[idx.to(device)],
+                clip_quantile=torch.tensor([rows[i].params.mask_clip_quantile for i in todo]),
+                smoothing=torch.tensor([rows[i].params.mask_smoothing for i in todo]),
+                threshold=torch.tensor([rows[i].params.mask_threshold for i in todo]),
+                max_batch=self.max_batch,
+                evals=evals_mask,
+            )
+            soft[idx] = maps.soft.cpu()
+            binary[idx] = maps.binary.cpu()
+            evals["mask"][idx] = evals_mask
+        seconds["mask"] += clock.lap()
+
+        # Step 2: encode to tau_K, keeping every timestep's latent.  # K+1 x (B, C, h, w)
+        if p0.encode_method == "ddim":
+            emb_encode = torch.stack(
+                [emb_caption[i] if r.params.encode_conditioning == "caption" else emb_empty[i] for i, r in enumerate(rows)]
+            )
+            trajectory = ddim_encode(
+                b.eps, x0, enc_timesteps, b.alphas_cumprod, emb_encode, max_batch=self.max_batch, evals=evals["encode"]
+            )
+        else:
+            noise = torch.stack(
+                [torch.randn((C, h, w), generator=stage_generator(int(r.request.seed), "encode")) for r in rows]
+            )  # (B, C, h, w)
+            trajectory = noise_encode(x0, noise, enc_timesteps, b.alphas_cumprod)
+        seconds["encode"] += clock.lap()
+
+        # Step 3: decode with mask guidance.  # (B, C, h, w)
+        y0 = ddim_decode(
+            b.eps,
+            trajectory,
+            binary.unsqueeze(1).float().to(device),  # (B, 1, h, w)
+            enc_timesteps,
+            b.alphas_cumprod,
+            emb_query,
+            emb_negative,
+            torch.tensor([r.params.guidance_scale for r in rows]),
+            max_batch=self.max_batch,
+            evals=evals["decode"],
+        )
+        seconds["decode"] += clock.lap()
+
+        # VAE decode.  # (B, 3, H, W)
+        images = torch.cat([b.vae_decode(chunk) for chunk in y0.split(self.max_batch)], dim=0)
+        seconds["vae"] += clock.lap()
+
+        results = []
+        for i, r in enumerate(rows):
+            edited = tensor_to_pil(images[i])
+            if edited.size != r.size:
+                edited = edited.resize(r.size, Image.Resampling.LANCZOS)
+            counters: dict[str, float] = {
+                "unet_evals": int(sum(int(e[i]) for e in evals.values())),
+                "unet_evals_mask": int(evals["mask"][i]),
+                "unet_evals_encode": int(evals["encode"][i]),
+                "unet_evals_decode": int(evals["decode"][i]),
+                "vae_encodes": 1,
+                "vae_decodes": 1,
+            }
+            for stage in ("mask", "encode", "decode"):
+                total = int(evals[stage].sum())
+                share = int(evals[stage][i]) / total if total else 1.0 / B
+                counters[f"seconds_{stage}"] = seconds[stage] * share
+            counters["seconds_vae"] = seconds["vae"] / B
+            counters["seconds_total"] = sum(counters[f"seconds_{s}"] for s in ("mask", "encode", "decode", "vae"))
+            results.append(
+                EditResult(
+                    id=r.request.id,
+                    image=edited,
+                    mask_soft=map_to_pil(soft[i], r.size, binary=False),
+                    mask_binary=map_to_pil(binary[i], r.size, binary=True),
+                    mask_soft_latent=soft[i].numpy().astype(np.float32),
+                    mask_binary_latent=binary[i].numpy().copy(),
+                    mask_area=float(binary[i].float().mean()),
+                    params=r.params,
+                    seed=int(r.request.seed),
+                    width=r.size[0],
+                    height=r.size[1],
+                    model_width=r.model_size[0],
+                    model_height=r.model_size[1],
+                    input_latent=x0[i].float().cpu(),
+                    latent=y0[i].float().cpu(),
+                    counters=counters,
+                )
+            )
+        return results
+
+
+def _given_mask_to_latent(mask: np.ndarray, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """An (H, W) image-resolution mask -> (h, w) bool: a latent pixel is in the edit region when any
+    image pixel it covers is (after resizing the mask to the latent grid with a box filter)."""
+    m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]  # (1, 1, H, W)
+    small = torch.nn.functional.interpolate(m, size=latent_hw, mode="area")  # (1, 1, h, w)
+    return small[0, 0] > 0
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class _Clock:
+    """Wall-clock laps that wait for queued CUDA work, so a stage is charged its own time."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed
