@@ -50,6 +50,11 @@ class ModelBundle:
         return self.unet.dtype
 
     @property
+    def work_dtype(self) -> torch.dtype:
+        """The dtype of the stages' arithmetic: float32, or float64 for a float64 model (tests)."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
+
+    @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent pixel: 2 ** (number of VAE down blocks - 1); 8 for Stable Diffusion."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -109,7 +114,7 @@ class ModelBundle:
         if self.prediction_type == "v_prediction":
             a = self.alphas_cumprod.to(self.device)[t.to(self.device)].to(out.dtype).view(-1, 1, 1, 1)
             out = a.sqrt() * out + (1 - a).sqrt() * latents.to(out.dtype)
-        return out.float()
+        return out.to(self.work_dtype)
 
     @torch.inference_mode()
     def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -119,14 +124,14 @@ class ModelBundle:
         """
         posterior = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
         latents = posterior.mode()
-        return (latents.float() - self._shift()) * self._scale()
+        return (latents.to(self.work_dtype) - self._shift()) * self._scale()
 
     @torch.inference_mode()
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """scaled latents (B, C, h, w) -> images (B, 3, h*f, w*f) in [-1, 1]."""
         z = latents / self._scale() + self._shift()
         images = self.vae.decode(z.to(self.device, self.dtype)).sample
-        return images.float().clamp(-1.0, 1.0)
+        return images.to(self.work_dtype).clamp(-1.0, 1.0)
 
     def _scale(self) -> float:
         return float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)

@@ -42,11 +42,13 @@ def ddim_decode(
     """
     K = len(timesteps)
     if len(trajectory) != K + 1:
-        raise ValueError(f"ddim_decode: trajectory has {len(trajectory)} latents for {K} timesteps (need K + 1)")
+        raise ValueError(
+            f"ddim_decode: trajectory has {len(trajectory)} latents for {K} timesteps (need K + 1)"
+        )
     y = trajectory[K]
     B = y.shape[0]
     rows = torch.arange(B)
-    g = guidance_scale.to(y.device, torch.float32).view(B, 1, 1, 1)  # (B, 1, 1, 1)
+    g = guidance_scale.to(y.device, y.dtype).view(B, 1, 1, 1)  # (B, 1, 1, 1)
     guided = (guidance_scale != 1.0).cpu()  # (B,) rows that need an unconditional prediction
     gi = rows[guided]  # (G,)
     m = mask.to(y.device, y.dtype)
@@ -59,9 +61,9 @@ def ddim_decode(
         t_all = torch.cat([t, t[gi]], dim=0)
         owners = torch.cat([rows, gi], dim=0)
         eps_all = call_eps(eps_fn, latents, t_all, emb, max_batch=max_batch, owners=owners, evals=evals)
-        eps = eps_all[:B].float()  # (B, C, h, w)
+        eps = eps_all[:B].to(y.dtype)  # (B, C, h, w)
         if len(gi):
-            eps_u = eps_all[B:].float()  # (G, C, h, w)
+            eps_u = eps_all[B:].to(y.dtype)  # (G, C, h, w)
             eps[gi] = eps_u + g[gi] * (eps[gi] - eps_u)
         a_from = alpha_at(alphas_cumprod, t).to(y.device)  # (B,)
         a_to = alpha_at(alphas_cumprod, ts[k - 1].repeat(B)).to(y.device)  # (B,)

@@ -90,7 +90,11 @@ class DiffEditor:
     """Holds a ``ModelBundle`` and edits rows with DiffEdit (see the module docstring)."""
 
     def __init__(
-        self, bundle: ModelBundle, params: EditParams | None = None, max_batch: int = 16, cache_size: int = 4096
+        self,
+        bundle: ModelBundle,
+        params: EditParams | None = None,
+        max_batch: int = 16,
+        cache_size: int = 4096,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -122,7 +126,9 @@ class DiffEditor:
         if request.mask is not None:
             shape = (request.image.height, request.image.width)
             if np.asarray(request.mask).shape != shape:
-                raise ValueError(f"mask shape {np.asarray(request.mask).shape} != image (height, width) {shape}")
+                raise ValueError(
+                    f"mask shape {np.asarray(request.mask).shape} != image (height, width) {shape}"
+                )
 
     # ------------------------------------------------------------------ editing
     def edit(self, requests: Sequence[EditRequest]) -> list[EditResult]:
@@ -148,6 +154,35 @@ class DiffEditor:
             for row, result in zip(bucket, self._edit_bucket(bucket), strict=True):
                 results[row.index] = result
         return results  # type: ignore[return-value]
+
+    def edit_images(
+        self,
+        images: Sequence[Image.Image],
+        queries: Sequence[str],
+        captions: Sequence[str] | None = None,
+        seeds: Sequence[int] | None = None,
+        params: EditParams | None = None,
+    ) -> list[EditResult]:
+        """Convenience over ``edit``: parallel lists, one entry per image. Lengths must agree."""
+        lengths = {"images": len(images), "queries": len(queries)}
+        if captions is not None:
+            lengths["captions"] = len(captions)
+        if seeds is not None:
+            lengths["seeds"] = len(seeds)
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"list lengths differ: {', '.join(f'{v} {k}' for k, v in lengths.items())}")
+        n = len(images)
+        requests = [
+            EditRequest(
+                image=images[i],
+                query=queries[i],
+                caption=captions[i] if captions is not None else "",
+                seed=seeds[i] if seeds is not None else i,
+                params=params,
+            )
+            for i in range(n)
+        ]
+        return self.edit(requests)
 
     def _prepare(self, index: int, request: EditRequest) -> _Row:
         image = to_rgb(request.image)
@@ -210,7 +245,7 @@ class DiffEditor:
         enc_timesteps = schedule[: p0.num_encode_steps]  # (K,)
 
         # Step 1: masks, for the rows that were not given one.  # (B, h, w)
-        soft = torch.zeros(B, h, w)
+        soft = torch.zeros(B, h, w, dtype=x0.dtype)
         binary = torch.zeros(B, h, w, dtype=torch.bool)
         todo = [i for i, r in enumerate(rows) if r.request.mask is None]
         for i, r in enumerate(rows):
@@ -247,14 +282,26 @@ class DiffEditor:
         # Step 2: encode to tau_K, keeping every timestep's latent.  # K+1 x (B, C, h, w)
         if p0.encode_method == "ddim":
             emb_encode = torch.stack(
-                [emb_caption[i] if r.params.encode_conditioning == "caption" else emb_empty[i] for i, r in enumerate(rows)]
+                [
+                    emb_caption[i] if r.params.encode_conditioning == "caption" else emb_empty[i]
+                    for i, r in enumerate(rows)
+                ]
             )
             trajectory = ddim_encode(
-                b.eps, x0, enc_timesteps, b.alphas_cumprod, emb_encode, max_batch=self.max_batch, evals=evals["encode"]
+                b.eps,
+                x0,
+                enc_timesteps,
+                b.alphas_cumprod,
+                emb_encode,
+                max_batch=self.max_batch,
+                evals=evals["encode"],
             )
         else:
             noise = torch.stack(
-                [torch.randn((C, h, w), generator=stage_generator(int(r.request.seed), "encode")) for r in rows]
+                [
+                    torch.randn((C, h, w), generator=stage_generator(int(r.request.seed), "encode"))
+                    for r in rows
+                ]
             )  # (B, C, h, w)
             trajectory = noise_encode(x0, noise, enc_timesteps, b.alphas_cumprod)
         seconds["encode"] += clock.lap()
@@ -263,12 +310,12 @@ class DiffEditor:
         y0 = ddim_decode(
             b.eps,
             trajectory,
-            binary.unsqueeze(1).float().to(device),  # (B, 1, h, w)
+            binary.unsqueeze(1).to(device, x0.dtype),  # (B, 1, h, w)
             enc_timesteps,
             b.alphas_cumprod,
             emb_query,
             emb_negative,
-            torch.tensor([r.params.guidance_scale for r in rows]),
+            torch.tensor([r.params.guidance_scale for r in rows], dtype=x0.dtype),
             max_batch=self.max_batch,
             evals=evals["decode"],
         )
@@ -296,7 +343,9 @@ class DiffEditor:
                 share = int(evals[stage][i]) / total if total else 1.0 / B
                 counters[f"seconds_{stage}"] = seconds[stage] * share
             counters["seconds_vae"] = seconds["vae"] / B
-            counters["seconds_total"] = sum(counters[f"seconds_{s}"] for s in ("mask", "encode", "decode", "vae"))
+            counters["seconds_total"] = sum(
+                counters[f"seconds_{s}"] for s in ("mask", "encode", "decode", "vae")
+            )
             results.append(
                 EditResult(
                     id=r.request.id,
@@ -312,8 +361,8 @@ class DiffEditor:
                     height=r.size[1],
                     model_width=r.model_size[0],
                     model_height=r.model_size[1],
-                    input_latent=x0[i].float().cpu(),
-                    latent=y0[i].float().cpu(),
+                    input_latent=x0[i].cpu(),
+                    latent=y0[i].cpu(),
                     counters=counters,
                 )
             )

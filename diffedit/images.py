@@ -15,8 +15,28 @@ import torch
 from PIL import Image
 
 #: PIL modes ``to_rgb`` converts; anything else is refused with a clear error.
-SUPPORTED_MODES = ("1", "L", "P", "RGB", "RGBA", "LA", "PA", "RGBX", "RGBa", "La", "CMYK", "YCbCr", "LAB", "HSV",
-                   "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # fmt: skip
+SUPPORTED_MODES = (
+    "1",
+    "L",
+    "P",
+    "RGB",
+    "RGBA",
+    "LA",
+    "PA",
+    "RGBX",
+    "RGBa",
+    "La",
+    "CMYK",
+    "YCbCr",
+    "LAB",
+    "HSV",
+    "I",
+    "I;16",
+    "I;16B",
+    "I;16L",
+    "I;16N",
+    "F",
+)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -52,7 +72,7 @@ def model_resolution(width: int, height: int, native: int, multiple: int) -> tup
     scale = native / max(width, height)
 
     def side(v: int) -> int:
-        return max(multiple, int(round(v * scale / multiple)) * multiple)
+        return max(multiple, round(v * scale / multiple) * multiple)
 
     return side(width), side(height)
 

@@ -28,10 +28,14 @@ class EditParams:
     mask_clip_quantile: float = 0.99  # "remove extreme values": clip the map at this per-image quantile
     mask_smoothing: float = 0.0  # Gaussian sigma in latent pixels applied before thresholding; 0 = none
     # --- step 2, encode (paper §3.2 "Step 2: encoding") ---
-    num_inference_steps: int = 50  # DDIM steps over the whole [0, T] range; diffusers' and the paper's default
+    num_inference_steps: int = (
+        50  # DDIM steps over the whole [0, T] range; diffusers' and the paper's default
+    )
     encode_ratio: float = 0.8  # r: how far DDIM encoding goes, in (0, 1]; diffusers' inpaint_strength default
     encode_conditioning: EncodeConditioning = "unconditional"  # the paper encodes unconditionally
-    encode_method: EncodeMethod = "ddim"  # "ddim" inversion (the paper); "noise" = SDEdit's forward noising, a baseline
+    encode_method: EncodeMethod = (
+        "ddim"  # "ddim" inversion (the paper); "noise" = SDEdit's forward noising, a baseline
+    )
     # --- step 3, decode (paper §3.2 "Step 3: decoding with mask guidance") ---
     guidance_scale: float = 7.5  # classifier-free guidance; the paper uses 7.5 on Stable Diffusion
     negative_prompt: str = ""  # the unconditional prompt of classifier-free guidance
@@ -57,7 +61,9 @@ class EditParams:
                 f"encode_conditioning must be one of {get_args(EncodeConditioning)}, got {self.encode_conditioning!r}"
             )
         if self.encode_method not in get_args(EncodeMethod):
-            problems.append(f"encode_method must be one of {get_args(EncodeMethod)}, got {self.encode_method!r}")
+            problems.append(
+                f"encode_method must be one of {get_args(EncodeMethod)}, got {self.encode_method!r}"
+            )
         if self.guidance_scale < 0.0 or not math.isfinite(self.guidance_scale):
             problems.append(f"guidance_scale must be a finite value >= 0, got {self.guidance_scale}")
         if problems:
@@ -80,7 +86,9 @@ class EditParams:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>", base: EditParams | None = None) -> EditParams:
+    def from_dict(
+        cls, data: Mapping[str, Any], *, source: str = "<dict>", base: EditParams | None = None
+    ) -> EditParams:
         """Strict construction: an unknown key or a wrong type is an error naming the key and ``source``.
 
         Keys missing from ``data`` take their value from ``base`` (or the defaults). Integers are accepted

@@ -44,7 +44,9 @@ def alphas_cumprod_from_config(config: dict[str, Any]) -> torch.Tensor:
     else:
         raise ValueError(f"unsupported beta_schedule {schedule!r} in the scheduler config")
     if config.get("rescale_betas_zero_snr"):
-        raise ValueError("schedulers with rescale_betas_zero_snr=True are not supported by DDIM inversion here")
+        raise ValueError(
+            "schedulers with rescale_betas_zero_snr=True are not supported by DDIM inversion here"
+        )
     return torch.cumprod(1.0 - betas, dim=0)
 
 
@@ -85,7 +87,9 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, a_t: torch.Tensor) -> torch
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def ddim_transfer(x: torch.Tensor, eps: torch.Tensor, a_from: torch.Tensor, a_to: torch.Tensor) -> torch.Tensor:
+def ddim_transfer(
+    x: torch.Tensor, eps: torch.Tensor, a_from: torch.Tensor, a_to: torch.Tensor
+) -> torch.Tensor:
     """One deterministic DDIM move from noise level a_from to a_to (DDIM eq. 12 with sigma = 0).
 
         x0_pred = (x - sqrt(1 - a_from) eps) / sqrt(a_from)

@@ -17,11 +17,44 @@ import torch
 from diffedit.bundle import ModelBundle
 
 #: Words the tiny tokenizer knows as single tokens; anything else splits into letters.
-TINY_WORDS = (
-    "a an the and on of with in photo picture image background "
-    "red green blue yellow orange purple pink white black grey gray brown "
-    "cat dog bowl fruit apple banana car bus circle square triangle star"
-).split()
+TINY_WORDS = [
+    "a",
+    "an",
+    "the",
+    "and",
+    "on",
+    "of",
+    "with",
+    "in",
+    "photo",
+    "picture",
+    "image",
+    "background",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "orange",
+    "purple",
+    "pink",
+    "white",
+    "black",
+    "grey",
+    "gray",
+    "brown",
+    "cat",
+    "dog",
+    "bowl",
+    "fruit",
+    "apple",
+    "banana",
+    "car",
+    "bus",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+]
 
 #: The scheduler config of Stable Diffusion 1.x (DDIM), as its model directory ships it.
 SD_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -44,9 +77,8 @@ def build_word_tokenizer(words: list[str] | tuple[str, ...], model_max_length: i
     The vocabulary has CLIP's special tokens, every letter (alone and word-final), and for each word
     the chain of merges that builds it left to right. Unknown words fall back to letters.
     """
-    from transformers import CLIPTokenizer
-
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
 
     words = list(dict.fromkeys(w.lower() for w in words))
     for word in words:
@@ -137,9 +169,12 @@ def tiny_components(seed: int = 0, sample_size: int = 16, cross_attention_dim: i
     }
 
 
-def tiny_bundle(seed: int = 0, **kwargs: Any) -> ModelBundle:
-    """A ``ModelBundle`` of tiny random components (float32, CPU)."""
-    return ModelBundle(**tiny_components(seed, **kwargs), source=f"tiny:{seed}")
+def tiny_bundle(seed: int = 0, dtype: torch.dtype = torch.float32, **kwargs: Any) -> ModelBundle:
+    """A ``ModelBundle`` of tiny random components on the CPU (float32, or float64 for exactness tests)."""
+    parts = tiny_components(seed, **kwargs)
+    for name in ("unet", "vae", "text_encoder"):
+        parts[name].to(dtype)
+    return ModelBundle(**parts, source=f"tiny:{seed}")
 
 
 def save_tiny_model(path: str | Path, seed: int = 0, **kwargs: Any) -> Path:
@@ -170,3 +205,19 @@ def save_tiny_model(path: str | Path, seed: int = 0, **kwargs: Any) -> Path:
     }
     (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return path
+
+
+def gaussian_eps(alphas_cumprod: torch.Tensor, sigma: float):
+    """The exact noise predictor for data x_0 ~ N(0, sigma^2 I), honouring the eps contract:
+
+        E[eps | x_t] = sqrt(1 - a_t) x_t / (a_t sigma^2 + 1 - a_t)
+
+    With it the probability-flow ODE that DDIM discretises is exact, so DDIM encoding followed by
+    decoding differs from the identity only by discretisation error. Ignores the text embeddings.
+    """
+
+    def eps(x: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        a = alphas_cumprod[t.cpu()].to(x.dtype).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        return (1 - a).sqrt() * x / (a * sigma**2 + 1 - a)
+
+    return eps
