@@ -5,3 +5,4 @@ from diffedit.params import EditParams
 
 __all__ = ["EditParams", "ModelBundle"]
 __version__ = "0.1.0"
+from diffedit.loading import load_bundle as load_bundle
