@@ -53,20 +53,22 @@ def ddim_decode(
     gi = rows[guided]  # (G,)
     m = mask.to(y.device, y.dtype)
     ts = torch.cat([torch.tensor([-1]), timesteps.to(torch.int64).cpu()])  # (K+1,) -1 = clean
+    # Every step's timestep and a on the device once: no host-to-device copy inside the loop.
+    ts_dev = ts.to(y.device)  # (K+1,)
+    a = alpha_at(alphas_cumprod, ts).to(y.device)  # (K+1,)
+    gi_dev = gi.to(y.device)
+    owners = torch.cat([rows, gi], dim=0)  # (B + G,) the row of each evaluated sample
     for k in range(K, 0, -1):
-        t = ts[k].repeat(B)  # (B,)
+        t = ts_dev[k].expand(B)  # (B,)
         # Conditional predictions for every row, unconditional ones for the guided rows.  # (B + G, ...)
-        latents = torch.cat([y, y[gi]], dim=0)
-        emb = torch.cat([emb_cond, emb_uncond[gi]], dim=0)
-        t_all = torch.cat([t, t[gi]], dim=0)
-        owners = torch.cat([rows, gi], dim=0)
+        latents = torch.cat([y, y[gi_dev]], dim=0)
+        emb = torch.cat([emb_cond, emb_uncond[gi_dev]], dim=0)
+        t_all = torch.cat([t, t[gi_dev]], dim=0)
         eps_all = call_eps(eps_fn, latents, t_all, emb, max_batch=max_batch, owners=owners, evals=evals)
         eps = eps_all[:B].to(y.dtype)  # (B, C, h, w)
         if len(gi):
             eps_u = eps_all[B:].to(y.dtype)  # (G, C, h, w)
-            eps[gi] = eps_u + g[gi] * (eps[gi] - eps_u)
-        a_from = alpha_at(alphas_cumprod, t).to(y.device)  # (B,)
-        a_to = alpha_at(alphas_cumprod, ts[k - 1].repeat(B)).to(y.device)  # (B,)
-        y = ddim_transfer(y, eps.to(y.dtype), a_from, a_to)  # (B, C, h, w) at tau_{k-1}
+            eps[gi_dev] = eps_u + g[gi_dev] * (eps[gi_dev] - eps_u)
+        y = ddim_transfer(y, eps, a[k].expand(B), a[k - 1].expand(B))  # (B, C, h, w) at tau_{k-1}
         y = m * y + (1 - m) * trajectory[k - 1]  # paper eq. 3
     return y

@@ -40,14 +40,15 @@ def ddim_encode(
     B = x0.shape[0]
     owners = torch.arange(B)
     ts = torch.cat([torch.tensor([-1]), timesteps.to(torch.int64).cpu()])  # (K+1,) -1 = clean
+    # Every step's timestep and a on the device once: no host-to-device copy inside the loop.
+    ts_dev = ts.to(x0.device)  # (K+1,)
+    a = alpha_at(alphas_cumprod, ts).to(x0.device)  # (K+1,)
     trajectory = [x0]
     x = x0
     for k in range(1, len(ts)):
-        t = ts[k].repeat(B)  # (B,)
+        t = ts_dev[k].expand(B)  # (B,)
         eps = call_eps(eps_fn, x, t, text_embeddings, max_batch=max_batch, owners=owners, evals=evals)
-        a_from = alpha_at(alphas_cumprod, ts[k - 1].repeat(B)).to(x.device)  # (B,)
-        a_to = alpha_at(alphas_cumprod, t).to(x.device)  # (B,)
-        x = ddim_transfer(x, eps.to(x.dtype), a_from, a_to)  # (B, C, h, w)
+        x = ddim_transfer(x, eps.to(x.dtype), a[k - 1].expand(B), a[k].expand(B))  # (B, C, h, w)
         trajectory.append(x)
     return trajectory
 
