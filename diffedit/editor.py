@@ -330,6 +330,8 @@ class DiffEditor:
             edited = tensor_to_pil(images[i])
             if edited.size != r.size:
                 edited = edited.resize(r.size, Image.Resampling.LANCZOS)
+            if r.params.paste_background:
+                edited = paste_background(edited, to_rgb(r.request.image), binary[i])
             counters: dict[str, float] = {
                 "unet_evals": int(sum(int(e[i]) for e in evals.values())),
                 "unet_evals_mask": int(evals["mask"][i]),
@@ -367,6 +369,22 @@ class DiffEditor:
                 )
             )
         return results
+
+
+def paste_background(edited: Image.Image, original: Image.Image, binary_latent: torch.Tensor) -> Image.Image:
+    """``edited`` inside the mask, ``original``'s own pixels outside it.
+
+    The (h, w) latent mask is upsampled bilinearly to the image size, which feathers its edge over
+    about one latent pixel; outside that band the result is the input, bit for bit.
+    """
+    m = torch.nn.functional.interpolate(
+        binary_latent.float()[None, None],
+        size=(edited.height, edited.width),
+        mode="bilinear",
+        align_corners=False,
+    )[0, 0, :, :, None].numpy()  # (H, W, 1)
+    a, b = np.asarray(edited, np.float32), np.asarray(original, np.float32)  # (H, W, 3)
+    return Image.fromarray(np.round(m * a + (1 - m) * b).astype(np.uint8), "RGB")
 
 
 def _given_mask_to_latent(mask: np.ndarray, latent_hw: tuple[int, int]) -> torch.Tensor:

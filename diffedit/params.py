@@ -39,6 +39,9 @@ class EditParams:
     # --- step 3, decode (paper §3.2 "Step 3: decoding with mask guidance") ---
     guidance_scale: float = 7.5  # classifier-free guidance; the paper uses 7.5 on Stable Diffusion
     negative_prompt: str = ""  # the unconditional prompt of classifier-free guidance
+    # --- output ---
+    paste_background: bool = False  # put the input's own pixels back outside the mask (edges feathered over
+    #   one latent pixel); off = the paper: outside the mask the output is the VAE's reconstruction
 
     def __post_init__(self) -> None:
         problems = []
@@ -110,6 +113,10 @@ class EditParams:
 
 def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
     """Check ``value`` against the field type; return it as that type."""
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{source}: {key} must be true or false, got {type(value).__name__} {value!r}")
+        return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{source}: {key} must be an integer, got {type(value).__name__} {value!r}")

@@ -235,3 +235,22 @@ def test_mismatched_list_lengths_and_bad_types(editor, random_image):
         FAST.replace(guidance_scale="high")
     with pytest.raises(ValueError, match="unknown DiffEdit parameter"):
         EditParams.from_dict({"guidance": 2.0}, source="job.yaml")
+
+
+def test_paste_background_keeps_input_pixels_outside_the_mask(editor, random_image):
+    img = random_image(13, 36, 28)
+    mask = np.zeros((28, 36), bool)
+    mask[:, :12] = True
+    pasted, plain = editor.edit(
+        [
+            EditRequest(img, "a red cat", mask=mask, params=FAST.replace(paste_background=True)),
+            EditRequest(img, "a red cat", mask=mask),
+        ]
+    )
+    a, b, src = (np.asarray(x, np.int16) for x in (pasted.image, plain.image, img))
+    far = np.zeros((28, 36), bool)
+    far[:, 20:] = True  # well outside the (latent-rounded, feathered) mask
+    assert np.array_equal(a[far], src[far]) and not np.array_equal(b[far], src[far])
+    assert np.array_equal(a[:, :8], b[:, :8])  # well inside: the edit itself
+    with pytest.raises(TypeError, match="paste_background must be true or false"):
+        EditParams.from_dict({"paste_background": "yes"})
