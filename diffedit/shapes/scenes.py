@@ -183,11 +183,16 @@ def render_scene(
     return Image.fromarray(img, mode="RGB"), visible, full
 
 
+def article(word: str) -> str:
+    """The indefinite article before ``word``."""
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def caption_for(objects: list[SceneObject] | list[tuple[str, str, float]], background: Background) -> str:
     """Plain-English caption: objects left to right (by centre x), then the background."""
     items = [(o.colour, o.shape, o.cx) if isinstance(o, SceneObject) else o for o in objects]
     items = sorted(items, key=lambda it: it[2])
-    phrases = [f"a {colour} {shape}" for colour, shape, _ in items]
+    phrases = [f"{article(colour)} {colour} {shape}" for colour, shape, _ in items]
     return " and ".join(phrases) + f" on a {background.phrase}"
 
 
@@ -329,7 +334,8 @@ def make_edit_tasks(
     Each task edits one object of a fresh held-out scene (scene seeds from ``eval_scene_seed``):
     recolour it (same shape, another colour) or reshape it (same colour, same centre and size,
     another shape). Tasks whose query would name two identical objects, or whose new object would
-    be mostly hidden, are skipped. ``max_objects`` (1-3) limits the scene's object count.
+    be mostly hidden, are skipped; so are scenes with more than ``max_objects`` objects. The scene
+    of a task is ``sample_scene(task.seed, size)``.
     """
     tasks: list[EditTask] = []
     k = 0
@@ -337,9 +343,10 @@ def make_edit_tasks(
         scene_seed = eval_scene_seed(seed, k)
         k += 1
         kind = kinds[len(tasks) % len(kinds)]
+        scene = sample_scene(scene_seed, size)  # the task's scene is exactly sample_scene(seed)
+        if len(scene.objects) > max_objects:
+            continue
         rng = np.random.default_rng([scene_seed, 7])
-        count = int(rng.choice([1, 2, 3], p=N_OBJECT_PROBS))
-        scene = sample_scene(scene_seed, size, n_objects=min(count, max_objects))
         task = _edit_task(scene, int(rng.integers(len(scene.objects))), kind, rng)
         if task is not None:
             tasks.append(task)

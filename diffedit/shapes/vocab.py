@@ -35,7 +35,7 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 TEXTURES: tuple[str, ...] = ("gradient", "striped", "cloudy")
 
 #: Function words of the captions.
-FUNCTION_WORDS: tuple[str, ...] = ("a", "and", "on", "background")
+FUNCTION_WORDS: tuple[str, ...] = ("a", "an", "and", "on", "background")
 
 #: Longest caption: 3 objects x 3 words + 2 "and" + "on a <colour> <texture> background" = 16
 #: words, plus the start and end tokens; 24 leaves room for hand-written prompts.
