@@ -1,0 +1,506 @@
+"""Train the embedded default model of the shapes world on CPU: a small latent diffusion model.
+
+Two phases, one process, one thread by default:
+
+1. VAE: ``AutoencoderKL`` with three blocks (stride 4: 64x64x3 images -> 16x16x4 latents), trained on
+   fresh scenes with an MSE + L1 reconstruction loss and a small KL term. Its ``scaling_factor`` is
+   then set to 1 / std of the posterior-mode latents of held-aside training scenes, so that scaled
+   latents have unit variance, and a fixed set of training scenes is encoded once (posterior mode,
+   as DiffEdit encodes its inputs).
+2. Diffusion: ``UNet2DConditionModel`` with cross-attention, jointly with a small ``CLIPTextModel``,
+   on the epsilon objective with DDPM noise on Stable Diffusion's scaled_linear schedule
+   (beta 0.00085 -> 0.012, 1000 steps). The caption is replaced by the empty prompt 10% of the time
+   (classifier-free guidance). An EMA of the UNet weights is what gets exported.
+
+All randomness is seeded; a checkpoint (``<out>/train_state/state.pt``) is written every
+``--ckpt-every-s`` seconds and at each phase end, and ``--resume`` continues from it. Loss and speed
+go to stdout and ``<out>/train_state/train.log``. The result is a diffusers Stable Diffusion
+directory (safetensors) that loads with ``StableDiffusionPipeline.from_pretrained(out)``.
+
+    python -m diffedit.shapes.train --out models/shapes-v1 --vae-steps 1000 --unet-steps 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffedit.shapes.scenes import sample_scene
+from diffedit.shapes.vocab import build_shapes_tokenizer
+from diffedit.tiny import SD_SCHEDULER_CONFIG
+
+#: Seeds of the VAE phase, the scaling-factor estimate and the cached diffusion dataset; all inside
+#: ``scenes.TRAIN_SEEDS`` = [0, 10_000_000) and disjoint from each other.
+VAE_SEED_BASE = 5_000_000
+SCALE_SEED_BASE = 9_000_000
+DATA_SEED_BASE = 0
+
+IMAGE_SIZE = 64
+LATENT_SIZE = 16
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_vae(seed: int) -> Any:
+    """A stride-4 AutoencoderKL: 64x64x3 <-> 16x16x4."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=IMAGE_SIZE,
+        mid_block_add_attention=False,
+    )
+
+
+def build_text_encoder(seed: int, vocab_size: int, max_length: int, hidden: int = 64) -> Any:
+    """A small CLIP text encoder over the shapes vocabulary."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    return CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=hidden,
+            intermediate_size=4 * hidden,
+            num_attention_heads=4,
+            num_hidden_layers=3,
+            vocab_size=vocab_size,
+            max_position_embeddings=max_length,
+            hidden_act="gelu",
+            layer_norm_eps=1e-5,
+            projection_dim=hidden,
+        )
+    )
+
+
+def build_unet(seed: int, cross_attention_dim: int = 64, channels: tuple[int, ...] = (32, 64, 128)) -> Any:
+    """A UNet2DConditionModel on 16x16 latents; (self- and cross-) attention below the first level.
+
+    Levels at 16x16, 8x8 and 4x4; the first has plain ResNet blocks, the others and the middle block
+    attend to the caption. Heads of 32 channels.
+    """
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=LATENT_SIZE,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(channels) - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (len(channels) - 1) + ("UpBlock2D",),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=tuple(c // 32 for c in channels),  # a head count, despite the name
+        use_linear_projection=True,
+        norm_num_groups=32,
+    )
+
+
+def num_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# --------------------------------------------------------------------------- data
+
+
+def scene_batch(seeds: list[int]) -> tuple[torch.Tensor, list[str]]:
+    """Images in [-1, 1] and captions of the scenes of ``seeds``.  # (B, 3, 64, 64)"""
+    scenes = [sample_scene(s, IMAGE_SIZE) for s in seeds]
+    arr = np.stack([np.asarray(s.image) for s in scenes])  # (B, H, W, 3) uint8
+    images = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, H, W)
+    return images, [s.caption for s in scenes]
+
+
+def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's max length.  # (B, L)"""
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def alphas_cumprod() -> torch.Tensor:
+    """Stable Diffusion's scaled_linear schedule, cumulative alphas.  # (1000,)"""
+    c = SD_SCHEDULER_CONFIG
+    betas = torch.linspace(c["beta_start"] ** 0.5, c["beta_end"] ** 0.5, c["num_train_timesteps"]) ** 2
+    return torch.cumprod(1.0 - betas.double(), dim=0).float()
+
+
+# --------------------------------------------------------------------------- logging / state
+
+
+class Logger:
+    """Print and append to a log file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        with self.path.open("a") as f:
+            f.write(line + "\n")
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Atomic torch.save."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def train_vae(args: argparse.Namespace, state: dict[str, Any], log: Logger, ckpt: Path) -> None:
+    """Phase 1: VAE reconstruction training; fills state['vae'] and state['vae_done']."""
+    vae = build_vae(args.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    step = 0
+    if "vae" in state:
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["vae_opt"])
+        step = state["vae_step"]
+        log(f"vae: resumed at step {step}")
+    log(f"vae: {num_params(vae) / 1e6:.2f} M params, {args.vae_steps} steps at batch {args.vae_batch}")
+    gen = torch.Generator()
+    last_ckpt = time.time()
+    t0, step0 = time.time(), step
+    ema_loss = None
+    vae.train()
+    while step < args.vae_steps:
+        gen.manual_seed(args.seed + 11 + step)
+        seeds = [VAE_SEED_BASE + step * args.vae_batch + j for j in range(args.vae_batch)]
+        images, _ = scene_batch(seeds)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.vae_steps, args.vae_lr, warmup=100)
+        posterior = vae.encode(images).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        rec = F.mse_loss(recon, images) + 0.5 * F.l1_loss(recon, images)
+        kl = posterior.kl().mean() / (LATENT_SIZE * LATENT_SIZE * 4)
+        loss = rec + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        ema_loss = rec.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * rec.item()
+        if step % args.log_every == 0 or step == args.vae_steps:
+            mse = F.mse_loss(recon, images).item()
+            psnr = 10 * math.log10(4.0 / max(mse, 1e-12))  # images span 2 (-1..1)
+            log(
+                f"vae step {step}/{args.vae_steps} rec {rec.item():.5f} (ema {ema_loss:.5f}) "
+                f"kl {kl.item():.3f} psnr {psnr:.2f} dB {(time.time() - t0) / (step - step0):.3f} s/step"
+            )
+        if time.time() - last_ckpt > args.ckpt_every_s or step == args.vae_steps:
+            state.update(vae=vae.state_dict(), vae_opt=opt.state_dict(), vae_step=step)
+            save_state(ckpt, state)
+            last_ckpt = time.time()
+    state["vae_losses"] = {"reconstruction_ema": ema_loss}
+    state["vae_done"] = True
+    state.pop("vae_opt", None)
+    save_state(ckpt, state)
+
+
+@torch.no_grad()
+def encode_dataset(args: argparse.Namespace, state: dict[str, Any], log: Logger, ckpt: Path) -> None:
+    """Scaling factor from held-aside scenes; then posterior-mode latents of the cached dataset."""
+    vae = build_vae(args.seed)
+    vae.load_state_dict(state["vae"])
+    vae.eval()
+    modes = []
+    for k in range(0, 512, 64):
+        images, _ = scene_batch([SCALE_SEED_BASE + k + j for j in range(64)])
+        modes.append(vae.encode(images).latent_dist.mode())
+    std = torch.cat(modes).std().item()
+    scaling = 1.0 / std
+    log(f"latent std {std:.4f} -> scaling_factor {scaling:.4f}")
+    t0 = time.time()
+    latents, captions = [], []
+    for k in range(0, args.n_data, 128):
+        seeds = [DATA_SEED_BASE + k + j for j in range(min(128, args.n_data - k))]
+        images, caps = scene_batch(seeds)
+        latents.append((vae.encode(images).latent_dist.mode() * scaling).half())  # (b, 4, 16, 16)
+        captions.extend(caps)
+    state.update(
+        scaling_factor=scaling,
+        latents=torch.cat(latents),  # (N, 4, 16, 16) float16
+        captions=captions,
+        data_done=True,
+    )
+    log(f"encoded {args.n_data} training scenes in {time.time() - t0:.0f} s")
+    save_state(ckpt, state)
+
+
+def train_diffusion(args: argparse.Namespace, state: dict[str, Any], log: Logger, ckpt: Path) -> None:
+    """Phase 2: UNet + text encoder on the epsilon objective; fills state['unet_ema'] etc."""
+    tokenizer = build_shapes_tokenizer()
+    text_encoder = build_text_encoder(args.seed + 2, len(tokenizer), tokenizer.model_max_length)
+    unet = build_unet(args.seed + 1, cross_attention_dim=text_encoder.config.hidden_size)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
+    step = 0
+    if "unet" in state:
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["unet_ema"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["unet_opt"])
+        step = state["unet_step"]
+        log(f"unet: resumed at step {step}")
+    log(
+        f"unet: {num_params(unet) / 1e6:.2f} M params, text encoder {num_params(text_encoder) / 1e6:.2f} M; "
+        f"{args.unet_steps} steps at batch {args.batch}"
+    )
+    latents_all = state["latents"]  # (N, 4, 16, 16) float16
+    ids_all = tokenize(tokenizer, state["captions"])  # (N, L)
+    empty_ids = tokenize(tokenizer, [""])  # (1, L)
+    acp = alphas_cumprod()
+    n = latents_all.shape[0]
+    gen = torch.Generator()
+    t0, step0 = time.time(), step
+    last_ckpt = time.time()
+    ema_loss = state.get("unet_loss_ema")
+    unet.train()
+    text_encoder.train()
+    while step < args.unet_steps:
+        gen.manual_seed(args.seed * 1_000_003 + step)  # resumable: one generator state per step
+        idx = torch.randint(0, n, (args.batch,), generator=gen)
+        x0 = latents_all[idx].float()  # (B, 4, 16, 16)
+        ids = ids_all[idx].clone()  # (B, L)
+        drop = torch.rand(args.batch, generator=gen) < args.p_uncond
+        ids[drop] = empty_ids
+        t = torch.randint(0, acp.shape[0], (args.batch,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = acp[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.unet_steps, args.unet_lr)
+        emb = text_encoder(ids)[0]  # (B, L, D)
+        pred = unet(xt, t, encoder_hidden_states=emb).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
+                pe.lerp_(p, 1 - decay)
+        ema_loss = loss.item() if ema_loss is None else 0.99 * ema_loss + 0.01 * loss.item()
+        if step % args.log_every == 0 or step == args.unet_steps:
+            log(
+                f"unet step {step}/{args.unet_steps} loss {loss.item():.4f} (ema {ema_loss:.4f}) "
+                f"lr {opt.param_groups[0]['lr']:.2e} {(time.time() - t0) / (step - step0):.3f} s/step"
+            )
+        if time.time() - last_ckpt > args.ckpt_every_s or step == args.unet_steps:
+            state.update(
+                unet=unet.state_dict(),
+                unet_ema=ema.state_dict(),
+                text_encoder=text_encoder.state_dict(),
+                unet_opt=opt.state_dict(),
+                unet_step=step,
+                unet_loss_ema=ema_loss,
+            )
+            save_state(ckpt, state)
+            last_ckpt = time.time()
+    state["unet_done"] = True
+    save_state(ckpt, state)
+
+
+def finetune_decoder(args: argparse.Namespace, state: dict[str, Any], log: Logger, ckpt: Path) -> None:
+    """Phase 3 (optional): train the VAE decoder alone on posterior-mode latents.
+
+    The encoder, hence the latent space the UNet was trained in, stays fixed; only reconstructions
+    get sharper. Fresh scenes from the VAE seed range, continuing after phase 1's.
+    """
+    vae = build_vae(args.seed)
+    vae.load_state_dict(state["vae"])
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    step = 0
+    if "dec_opt" in state:
+        opt.load_state_dict(state["dec_opt"])
+        step = state["dec_step"]
+        log(f"decoder: resumed at step {step}")
+    log(f"decoder: {sum(p.numel() for p in params) / 1e6:.2f} M params, {args.decoder_steps} steps")
+    t0, step0, last_ckpt = time.time(), step, time.time()
+    ema_loss = state.get("dec_loss_ema")
+    base = VAE_SEED_BASE + args.vae_steps * args.vae_batch
+    vae.train()
+    while step < args.decoder_steps:
+        seeds = [base + step * args.vae_batch + j for j in range(args.vae_batch)]
+        images, _ = scene_batch(seeds)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.decoder_steps, args.decoder_lr, warmup=50)
+        with torch.no_grad():
+            z = vae.encode(images).latent_dist.mode()
+        recon = vae.decode(z).sample
+        loss = F.mse_loss(recon, images) + 0.5 * F.l1_loss(recon, images)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        if step % args.log_every == 0 or step == args.decoder_steps:
+            psnr = 10 * math.log10(4.0 / max(F.mse_loss(recon, images).item(), 1e-12))
+            log(
+                f"decoder step {step}/{args.decoder_steps} rec {loss.item():.5f} (ema {ema_loss:.5f}) "
+                f"psnr {psnr:.2f} dB {(time.time() - t0) / (step - step0):.3f} s/step"
+            )
+        if time.time() - last_ckpt > args.ckpt_every_s or step == args.decoder_steps:
+            state.update(vae=vae.state_dict(), dec_opt=opt.state_dict(), dec_step=step, dec_loss_ema=ema_loss)
+            save_state(ckpt, state)
+            last_ckpt = time.time()
+    state["decoder_done"] = True
+    save_state(ckpt, state)
+
+
+def export(args: argparse.Namespace, state: dict[str, Any], log: Logger) -> Path:
+    """Write the diffusers Stable Diffusion directory (EMA UNet weights)."""
+    from diffusers import DDIMScheduler
+
+    out = Path(args.out)
+    tokenizer = build_shapes_tokenizer()
+    vae = build_vae(args.seed)
+    vae.load_state_dict(state["vae"])
+    vae.register_to_config(scaling_factor=float(state["scaling_factor"]))
+    text_encoder = build_text_encoder(args.seed + 2, len(tokenizer), tokenizer.model_max_length)
+    text_encoder.load_state_dict(state["text_encoder"])
+    unet = build_unet(args.seed + 1, cross_attention_dim=text_encoder.config.hidden_size)
+    unet.load_state_dict(state["unet_ema"])
+    for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        module.save_pretrained(out / name, safe_serialization=True)
+    tokenizer.save_pretrained(out / "tokenizer")
+    DDIMScheduler.from_config(SD_SCHEDULER_CONFIG).save_pretrained(out / "scheduler")
+    import diffusers
+
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+    }
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    summary = {
+        "vae_steps": state.get("vae_step"),
+        "unet_steps": state.get("unet_step"),
+        "scaling_factor": state["scaling_factor"],
+        "vae_reconstruction_loss_ema": state.get("vae_losses", {}).get("reconstruction_ema"),
+        "decoder_steps": state.get("dec_step", 0),
+        "decoder_reconstruction_loss_ema": state.get("dec_loss_ema"),
+        "unet_loss_ema": state.get("unet_loss_ema"),
+        "params": {
+            "unet": num_params(unet),
+            "vae": num_params(vae),
+            "text_encoder": num_params(text_encoder),
+        },
+        "cpu_seconds": state.get("cpu_seconds"),
+        "args": {k: v for k, v in vars(args).items() if k not in ("resume",)},
+    }
+    (out / "train_state").mkdir(parents=True, exist_ok=True)
+    (out / "train_state" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"exported to {out}: {json.dumps(summary)}")
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 leaves a core free)")
+    p.add_argument("--vae-steps", type=int, default=1000)
+    p.add_argument("--vae-batch", type=int, default=12)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-kl", type=float, default=1e-4, help="weight of the per-element KL term")
+    p.add_argument("--n-data", type=int, default=30_000, help="cached training scenes for the UNet")
+    p.add_argument("--unet-steps", type=int, default=4000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--unet-lr", type=float, default=8e-4)
+    p.add_argument("--decoder-steps", type=int, default=0, help="phase 3: decoder-only fine-tuning")
+    p.add_argument("--decoder-lr", type=float, default=1e-3)
+    p.add_argument("--p-uncond", type=float, default=0.1, help="caption dropout for CFG")
+    p.add_argument("--ema", type=float, default=0.998)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--ckpt-every-s", type=float, default=180.0)
+    p.add_argument("--resume", action="store_true", help="continue from <out>/train_state/state.pt")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    state_dir = out / "train_state"
+    ckpt = state_dir / "state.pt"
+    log = Logger(state_dir / "train.log")
+    state: dict[str, Any] = {}
+    if args.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        log(f"resuming from {ckpt}")
+    elif ckpt.exists():
+        raise SystemExit(f"{ckpt} exists: pass --resume to continue, or remove it")
+    log(f"args: {vars(args)}")
+    wall0, cpu0 = time.time(), time.process_time()
+    spent = state.get("cpu_seconds", 0.0)
+    if not state.get("vae_done"):
+        train_vae(args, state, log, ckpt)
+    if not state.get("data_done"):
+        encode_dataset(args, state, log, ckpt)
+    if not state.get("unet_done"):
+        train_diffusion(args, state, log, ckpt)
+    if args.decoder_steps and not state.get("decoder_done"):
+        finetune_decoder(args, state, log, ckpt)
+    state["cpu_seconds"] = spent + time.process_time() - cpu0
+    save_state(ckpt, state)
+    export(args, state, log)
+    log(f"done: wall {time.time() - wall0:.0f} s this run, cpu {state['cpu_seconds']:.0f} s in all")
+
+
+if __name__ == "__main__":
+    main()
