@@ -1,0 +1,848 @@
+"""Quality benchmark of DiffEdit on held-out edit tasks of the synthetic shapes world.
+
+    python -m benchmarks.quality --model models/shapes-v1 --tasks 200 --ratios 0.5 0.7 0.9 --out out/quality
+
+Every method edits the same tasks (``diffedit.shapes.scenes.make_edit_tasks``: scene seeds
+>= 1_000_000_000, never used in training) with the same per-task seed (the task's scene seed), at
+each encoding ratio r:
+
+* ``diffedit``          ours (``DiffEditor``), the paper's recipe: mask, DDIM encode to r, masked decode;
+* ``diffedit_paste``    the same edits with ``paste_background`` (the input's own pixels outside the
+                        mask); derived from ``diffedit``'s output, no extra UNet evaluations;
+* ``diffedit_gt_mask``  ours with the ground-truth region as the mask (upper bound of the mask step);
+* ``diffedit_no_mask``  ours with an all-ones mask: DDIM encode and decode only;
+* ``sdedit``            forward noising to r (``encode_method="noise"``), decode with the query, no mask;
+* ``diffusers``         diffusers' deprecated ``StableDiffusionDiffEditPipeline`` at its defaults
+                        (generate_mask(source=caption, target=query); invert(prompt=caption);
+                        __call__(inpaint_strength=r)), one seeded generator per task.
+
+Two reference rows do not depend on r: ``vae_recon`` (decode(encode(x)), the ceiling of background
+fidelity for any method that works in latent space) and ``target_render`` (the ground-truth edited
+scene, rendered: the judge's accuracy on perfect edits).
+
+Metrics per task (pure functions below), averaged per method and r:
+
+* mask IoU: the method's binary mask at image resolution against the ground-truth region (the union
+  of the object's old and new footprints), for methods that predict a mask; recolour and reshape
+  tasks reported apart;
+* background PSNR (dB, peak 255) and mean absolute error (0..255) over the pixels outside the region,
+  edit against input;
+* edit success: ``classify_region`` on the edited image inside the region; a recolour succeeds when
+  the colour is the target colour, a reshape when the shape is the target shape and the colour is
+  kept;
+* edits per second (wall clock of the method's whole run over the tasks, batched, this machine) and
+  UNet sample-evaluations per edit.
+
+Writes ``results.csv`` (one row per method x r), ``tasks.csv`` (one row per task x method x r),
+``tradeoff.png`` (edit success against background PSNR, one line per method across r),
+``contact_sheet.png`` (input | soft mask | binary mask | edit for 12 tasks, ours at r = 0.7) and
+``meta.json``, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffedit.bundle import ModelBundle
+from diffedit.editor import DiffEditor, EditRequest, EditResult, paste_background
+from diffedit.params import EditParams
+from diffedit.shapes.classify import MIN_PIXELS, classify_region, object_pixels
+from diffedit.shapes.scenes import EditTask, make_edit_tasks
+from diffedit.shapes.vocab import OBJECT_COLOURS
+
+#: Methods that edit, in report order.
+METHODS: tuple[str, ...] = (
+    "diffedit",
+    "diffedit_paste",
+    "diffedit_gt_mask",
+    "diffedit_no_mask",
+    "sdedit",
+    "diffusers",
+)
+#: Reference rows that do not depend on r.
+REFERENCES: tuple[str, ...] = ("vae_recon", "target_render")
+#: PSNR of an exact copy (MSE 0) is reported as this many dB rather than infinity.
+PSNR_CAP_DB = 100.0
+
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "method",
+    "ratio",
+    "steps",
+    "n",
+    "n_recolor",
+    "n_reshape",
+    "mask_iou",
+    "mask_iou_recolor",
+    "mask_iou_reshape",
+    "bg_psnr",
+    "bg_psnr_recolor",
+    "bg_psnr_reshape",
+    "bg_mae",
+    "success",
+    "success_recolor",
+    "success_reshape",
+    "edits_per_s",
+    "unet_evals_per_edit",
+    "seconds",
+)
+TASK_COLUMNS: tuple[str, ...] = (
+    "method",
+    "ratio",
+    "task_id",
+    "kind",
+    "seed",
+    "caption",
+    "query",
+    "target_colour",
+    "target_shape",
+    "judged_colour",
+    "judged_shape",
+    "success",
+    "mask_iou",
+    "bg_psnr",
+    "bg_mae",
+    "unet_evals",
+)
+
+
+# =========================================================================== metrics (pure)
+
+
+def mask_iou(mask: np.ndarray, region: np.ndarray) -> float:
+    """Intersection over union of two (H, W) boolean masks; 1.0 when both are empty."""
+    m, r = np.asarray(mask, dtype=bool), np.asarray(region, dtype=bool)
+    if m.shape != r.shape:
+        raise ValueError(f"mask shape {m.shape} != region shape {r.shape}")
+    union = int((m | r).sum())
+    return 1.0 if union == 0 else int((m & r).sum()) / union
+
+
+def _as_float_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
+    """An RGB image as float64 (H, W, 3) in 0..255."""
+    if isinstance(image, Image.Image):
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.float64)
+
+
+def _outside(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels of ``a`` and ``b`` outside ``region``, (N, 3) each."""
+    if a.shape != b.shape:
+        raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
+    keep = ~np.asarray(region, dtype=bool)
+    if keep.shape != a.shape[:2]:
+        raise ValueError(f"region shape {keep.shape} != image (H, W) {a.shape[:2]}")
+    if not keep.any():
+        raise ValueError("the region covers the whole image: no background to compare")
+    return a[keep], b[keep]
+
+
+def psnr_from_mse(mse: float, peak: float = 255.0) -> float:
+    """10 log10(peak^2 / mse) in dB, capped at ``PSNR_CAP_DB`` (an exact copy has mse = 0)."""
+    if mse <= 0.0:
+        return PSNR_CAP_DB
+    return min(PSNR_CAP_DB, 10.0 * math.log10(peak * peak / mse))
+
+
+def background_psnr(
+    edited: Image.Image | np.ndarray, reference: Image.Image | np.ndarray, region: np.ndarray
+) -> float:
+    """PSNR (dB, peak 255) of ``edited`` against ``reference`` over the pixels outside ``region``
+    (every channel of every such pixel), capped at ``PSNR_CAP_DB``."""
+    a, b = _outside(_as_float_rgb(edited), _as_float_rgb(reference), region)
+    return psnr_from_mse(float(np.mean((a - b) ** 2)))
+
+
+def background_mae(
+    edited: Image.Image | np.ndarray, reference: Image.Image | np.ndarray, region: np.ndarray
+) -> float:
+    """Mean absolute error (0..255 units) of ``edited`` against ``reference`` outside ``region``."""
+    a, b = _outside(_as_float_rgb(edited), _as_float_rgb(reference), region)
+    return float(np.mean(np.abs(a - b)))
+
+
+def region_colour(image: Image.Image | np.ndarray, region: np.ndarray) -> str:
+    """The dominant named colour inside ``region`` exactly as ``classify_region`` reads it (object
+    pixels vote for their nearest palette colour), without its shape fit; "none" when fewer than
+    ``classify.MIN_PIXELS`` object pixels."""
+    is_obj, nearest = object_pixels(image)
+    inside = is_obj & np.asarray(region, dtype=bool)
+    if inside.sum() < MIN_PIXELS:
+        return "none"
+    votes = np.bincount(nearest[inside], minlength=len(OBJECT_COLOURS))
+    return list(OBJECT_COLOURS)[int(votes.argmax())]
+
+
+def judge_edit(
+    edited: Image.Image | np.ndarray,
+    region: np.ndarray,
+    kind: str,
+    target_colour: str,
+    target_shape: str,
+) -> tuple[str, str, bool]:
+    """(colour, shape, success) of the object the shapes classifier reads inside ``region``.
+
+    A recolour succeeds when the colour is ``target_colour``; a reshape when the colour is
+    ``target_colour`` (the kept colour, for a reshape task) and the shape is ``target_shape``.
+    The shape fit (``classify_region``, about 0.1 s) runs only when it decides the outcome: for a
+    reshape whose colour is right; otherwise shape is reported as "-".
+    """
+    if kind not in ("recolor", "reshape"):
+        raise ValueError(f"unknown edit kind {kind!r}")
+    region = np.asarray(region, dtype=bool)
+    colour = region_colour(edited, region)
+    if kind == "recolor" or colour != target_colour:
+        return colour, "-", colour == target_colour
+    colour, shape = classify_region(edited, region)
+    return colour, shape, colour == target_colour and shape == target_shape
+
+
+def mask_to_image(mask_latent: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A (h, w) latent mask -> (H, W) bool at image ``size`` (width, height), nearest neighbour: each
+    latent pixel covers its block of image pixels."""
+    img = Image.fromarray(np.asarray(mask_latent, dtype=bool).astype(np.uint8) * 255, "L")
+    return np.asarray(img.resize(size, Image.Resampling.NEAREST)) > 127
+
+
+def _mean(values: Sequence[float]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+# =========================================================================== runs
+
+
+@dataclass
+class MethodOutput:
+    """One method's edit of one task."""
+
+    image: Image.Image  # the edit, RGB, at the task's size
+    mask_binary: np.ndarray | None = None  # (H, W) bool, the mask the method used; None: no mask
+    mask_soft: np.ndarray | None = None  # (H, W) float32 in [0, 1]
+    unet_evals: int = 0  # UNet sample-evaluations spent on this edit
+
+
+@dataclass
+class MethodRun:
+    """One method at one ratio over all tasks."""
+
+    method: str
+    ratio: float  # nan for reference rows
+    steps: int
+    outputs: list[MethodOutput]
+    seconds: float  # wall clock of the whole run
+    predicts_mask: bool = False  # whether mask IoU is meaningful (a predicted mask)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def _ours_output(result: EditResult) -> MethodOutput:
+    return MethodOutput(
+        image=result.image,
+        mask_binary=np.asarray(result.mask_binary) > 127,
+        mask_soft=np.asarray(result.mask_soft, dtype=np.float32) / 255.0,
+        unet_evals=int(result.counters["unet_evals"]),
+    )
+
+
+def run_ours(
+    editor: DiffEditor,
+    tasks: Sequence[EditTask],
+    ratio: float,
+    steps: int,
+    variant: str,
+) -> tuple[MethodRun, list[EditResult]]:
+    """Our editor on every task at encoding ratio ``ratio`` with ``steps`` DDIM steps.
+
+    ``variant``: "diffedit" (predicted mask), "diffedit_gt_mask" (the task's region as the mask),
+    "diffedit_no_mask" (all-ones mask) or "sdedit" (noise encoding, all-ones mask). Returns the run
+    and the raw results (for ``paste_run``).
+    """
+    params = EditParams(num_inference_steps=steps, encode_ratio=ratio)
+    if variant == "sdedit":
+        params = params.replace(encode_method="noise")
+    elif variant not in ("diffedit", "diffedit_gt_mask", "diffedit_no_mask"):
+        raise ValueError(f"unknown variant {variant!r}")
+    requests = []
+    for t in tasks:
+        if variant == "diffedit":
+            mask = None
+        elif variant == "diffedit_gt_mask":
+            mask = np.asarray(t.region, dtype=bool)
+        else:
+            mask = np.ones((t.image.height, t.image.width), dtype=bool)
+        requests.append(
+            EditRequest(
+                image=t.image,
+                query=t.query,
+                caption=t.caption,
+                seed=int(t.seed),
+                params=params,
+                id=t.id,
+                mask=mask,
+            )
+        )
+    start = time.perf_counter()
+    results = editor.edit(requests)
+    seconds = time.perf_counter() - start
+    outputs = [_ours_output(r) for r in results]
+    run = MethodRun(
+        method=variant,
+        ratio=ratio,
+        steps=steps,
+        outputs=outputs,
+        seconds=seconds,
+        predicts_mask=variant in ("diffedit", "diffedit_gt_mask"),
+    )
+    return run, results
+
+
+def paste_run(base: MethodRun, results: Sequence[EditResult], tasks: Sequence[EditTask]) -> MethodRun:
+    """``diffedit_paste``: ``base``'s edits with the input's own pixels put back outside the mask
+    (``diffedit.editor.paste_background``, exactly what ``EditParams(paste_background=True)`` does
+    after decoding). Its time is ``base``'s plus the pasting."""
+    start = time.perf_counter()
+    outputs = []
+    for out, res, t in zip(base.outputs, results, tasks, strict=True):
+        pasted = paste_background(out.image, t.image.convert("RGB"), torch.from_numpy(res.mask_binary_latent))
+        outputs.append(MethodOutput(pasted, out.mask_binary, out.mask_soft, out.unet_evals))
+    seconds = base.seconds + time.perf_counter() - start
+    return MethodRun("diffedit_paste", base.ratio, base.steps, outputs, seconds, predicts_mask=True)
+
+
+def build_diffusers_pipeline(bundle: ModelBundle) -> Any:
+    """diffusers' deprecated ``StableDiffusionDiffEditPipeline`` over the bundle's own modules."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from diffusers import StableDiffusionDiffEditPipeline
+
+        pipe = StableDiffusionDiffEditPipeline(
+            vae=bundle.vae,
+            text_encoder=bundle.text_encoder,
+            tokenizer=bundle.tokenizer,
+            unet=bundle.unet,
+            scheduler=DDIMScheduler.from_config(bundle.scheduler_config),
+            inverse_scheduler=DDIMInverseScheduler.from_config(bundle.scheduler_config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class _UNetCounter:
+    """Counts UNet sample-evaluations through a forward hook."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.samples = 0
+        self._handle = unet.register_forward_hook(self._hook)
+
+    def _hook(self, module: Any, args: Any, output: Any) -> None:
+        self.samples += int(args[0].shape[0])
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+@torch.inference_mode()
+def run_diffusers(
+    pipe: Any,
+    tasks: Sequence[EditTask],
+    ratio: float,
+    steps: int,
+    max_batch: int,
+) -> MethodRun:
+    """diffusers' deprecated pipeline at its defaults (except ``num_inference_steps=steps`` in all
+    three calls, and ``inpaint_strength=ratio`` in ``invert`` and ``__call__``).
+
+    ``generate_mask`` runs one task at a time: its threshold is a clamp at 3x the *batch* mean, so
+    batching would couple tasks' masks. ``invert`` and ``__call__`` run in batches of ``max_batch``
+    tasks (CFG doubles that in the UNet); each task has its own generator seeded with its seed.
+    """
+    counter = _UNetCounter(pipe.unet)
+    start = time.perf_counter()
+    try:
+        masks = []
+        for t in tasks:
+            m = pipe.generate_mask(
+                image=t.image,
+                source_prompt=t.caption,
+                target_prompt=t.query,
+                num_inference_steps=steps,
+                generator=torch.Generator().manual_seed(int(t.seed)),
+                output_type="np",
+            )  # (1, h, w) float 0/1
+            masks.append(np.asarray(m[0]) > 0.5)
+        images: list[Image.Image] = []
+        for lo in range(0, len(tasks), max_batch):
+            chunk = list(tasks[lo : lo + max_batch])
+            gens = [torch.Generator().manual_seed(int(t.seed)) for t in chunk]
+            inverted = pipe.invert(
+                prompt=[t.caption for t in chunk],
+                image=[t.image for t in chunk],
+                num_inference_steps=steps,
+                inpaint_strength=ratio,
+                generator=gens,
+            ).latents
+            out = pipe(
+                prompt=[t.query for t in chunk],
+                mask_image=torch.from_numpy(np.stack(masks[lo : lo + max_batch]).astype(np.float32)),
+                image_latents=inverted,
+                inpaint_strength=ratio,
+                num_inference_steps=steps,
+                generator=gens,
+                output_type="pil",
+            ).images
+            images.extend(out)
+    finally:
+        counter.close()
+    seconds = time.perf_counter() - start
+    per_edit = counter.samples // max(1, len(tasks))
+    outputs = []
+    for t, img, m in zip(tasks, images, masks, strict=True):
+        size = (t.image.width, t.image.height)
+        if img.size != size:
+            img = img.resize(size, Image.Resampling.LANCZOS)
+        outputs.append(MethodOutput(img.convert("RGB"), mask_to_image(m, size), None, per_edit))
+    return MethodRun("diffusers", ratio, steps, outputs, seconds, predicts_mask=True)
+
+
+@torch.inference_mode()
+def run_vae_recon(bundle: ModelBundle, tasks: Sequence[EditTask], max_batch: int) -> MethodRun:
+    """decode(encode(x)) of every input: the ceiling of fidelity in latent space."""
+    from diffedit.images import pil_to_tensor, tensor_to_pil
+
+    start = time.perf_counter()
+    outputs = []
+    for lo in range(0, len(tasks), max_batch):
+        chunk = tasks[lo : lo + max_batch]
+        x = torch.stack([pil_to_tensor(t.image.convert("RGB")) for t in chunk])  # (B, 3, H, W)
+        y = bundle.vae_decode(bundle.vae_encode(x))
+        outputs.extend(MethodOutput(tensor_to_pil(y[i])) for i in range(len(chunk)))
+    return MethodRun("vae_recon", float("nan"), 0, outputs, time.perf_counter() - start)
+
+
+def run_target_render(tasks: Sequence[EditTask]) -> MethodRun:
+    """The ground-truth edited scenes: what a perfect edit looks like (checks the judge)."""
+    outputs = [MethodOutput(t.target_image.convert("RGB")) for t in tasks]
+    return MethodRun("target_render", float("nan"), 0, outputs, 0.0)
+
+
+# =========================================================================== scoring
+
+
+def score_run(run: MethodRun, tasks: Sequence[EditTask]) -> list[dict[str, Any]]:
+    """One record per task (``TASK_COLUMNS``)."""
+    records = []
+    for t, out in zip(tasks, run.outputs, strict=True):
+        colour, shape, ok = judge_edit(out.image, t.region, t.kind, t.target_colour, t.target_shape)
+        iou = (
+            mask_iou(out.mask_binary, t.region)
+            if run.predicts_mask and out.mask_binary is not None
+            else float("nan")
+        )
+        records.append(
+            {
+                "method": run.method,
+                "ratio": run.ratio,
+                "task_id": t.id,
+                "kind": t.kind,
+                "seed": t.seed,
+                "caption": t.caption,
+                "query": t.query,
+                "target_colour": t.target_colour,
+                "target_shape": t.target_shape,
+                "judged_colour": colour,
+                "judged_shape": shape,
+                "success": float(ok),
+                "mask_iou": iou,
+                "bg_psnr": background_psnr(out.image, t.image, t.region),
+                "bg_mae": background_mae(out.image, t.image, t.region),
+                "unet_evals": out.unet_evals,
+            }
+        )
+    return records
+
+
+def summarise(run: MethodRun, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One ``results.csv`` row from a run's task records."""
+
+    def of(kind: str | None, key: str) -> float:
+        return _mean([r[key] for r in records if kind is None or r["kind"] == kind])
+
+    n = len(records)
+    reference = run.method in REFERENCES
+    return {
+        "method": run.method,
+        "ratio": run.ratio,
+        "steps": run.steps,
+        "n": n,
+        "n_recolor": sum(r["kind"] == "recolor" for r in records),
+        "n_reshape": sum(r["kind"] == "reshape" for r in records),
+        "mask_iou": of(None, "mask_iou"),
+        "mask_iou_recolor": of("recolor", "mask_iou"),
+        "mask_iou_reshape": of("reshape", "mask_iou"),
+        "bg_psnr": of(None, "bg_psnr"),
+        "bg_psnr_recolor": of("recolor", "bg_psnr"),
+        "bg_psnr_reshape": of("reshape", "bg_psnr"),
+        "bg_mae": of(None, "bg_mae"),
+        "success": of(None, "success"),
+        "success_recolor": of("recolor", "success"),
+        "success_reshape": of("reshape", "success"),
+        "edits_per_s": float("nan") if reference or run.seconds <= 0 else n / run.seconds,
+        "unet_evals_per_edit": of(None, "unet_evals"),
+        "seconds": run.seconds,
+    }
+
+
+# =========================================================================== outputs
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """``rows`` as CSV with ``columns``; NaN written as an empty cell."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: _fmt(row.get(k, ""), 4) for k in columns})
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A fixed-width text table of the summary rows."""
+    cols = [
+        ("method", "method", 0),
+        ("ratio", "r", 1),
+        ("steps", "steps", 0),
+        ("n", "n", 0),
+        ("mask_iou_recolor", "IoU rec", 3),
+        ("mask_iou_reshape", "IoU resh", 3),
+        ("bg_psnr", "bgPSNR", 2),
+        ("bg_mae", "bgMAE", 2),
+        ("success", "success", 3),
+        ("success_recolor", "succ rec", 3),
+        ("success_reshape", "succ resh", 3),
+        ("edits_per_s", "edits/s", 2),
+        ("unet_evals_per_edit", "UNet/edit", 0),
+    ]
+    cells = [[h for _, h, _ in cols]]
+    for row in rows:
+        cells.append([_fmt(row[k], d) if isinstance(row[k], float) else str(row[k]) for k, _, d in cols])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
+    lines = []
+    for j, r in enumerate(cells):
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path, steps: int | None = None) -> None:
+    """Edit success against background PSNR, one line per method across r (the paper's trade-off
+    plot) over the rows run at ``steps`` DDIM steps (None: the most common count); rows at other
+    step counts as separate stars; the VAE reconstruction's background PSNR as a vertical line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edits = [r for r in rows if r["method"] in METHODS]
+    if steps is None and edits:
+        counts = [r["steps"] for r in edits]
+        steps = max(set(counts), key=counts.count)
+    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
+    for method in METHODS:
+        pts = sorted(
+            (r for r in edits if r["method"] == method and r["steps"] == steps), key=lambda r: r["ratio"]
+        )
+        if not pts:
+            continue
+        xs, ys = [p["bg_psnr"] for p in pts], [p["success"] for p in pts]
+        (line,) = ax.plot(xs, ys, marker="o", label=f"{method} ({steps} steps)")
+        for extra in (r for r in edits if r["method"] == method and r["steps"] != steps):
+            ax.plot(
+                extra["bg_psnr"],
+                extra["success"],
+                marker="*",
+                markersize=12,
+                color=line.get_color(),
+                linestyle="none",
+                label=f"{method}, {extra['steps']} steps, r={extra['ratio']:g}",
+            )
+        for p in pts:
+            ax.annotate(
+                f"r={p['ratio']:g}",
+                (p["bg_psnr"], p["success"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    for r in rows:
+        if r["method"] == "vae_recon":
+            ax.axvline(
+                r["bg_psnr"],
+                color="grey",
+                linestyle="--",
+                label=f"VAE reconstruction ({r['bg_psnr']:.1f} dB)",
+            )
+    ax.set_xlabel("background PSNR outside the edit region (dB, higher = better preserved)")
+    ax.set_ylabel("edit success (classifier)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title("DiffEdit trade-off on held-out shapes edits")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def contact_sheet(
+    tasks: Sequence[EditTask],
+    run: MethodRun,
+    path: Path,
+    records: Sequence[dict[str, Any]] | None = None,
+    count: int = 12,
+) -> None:
+    """A grid of ``count`` tasks: input | soft mask | binary mask (ground-truth region outlined) | edit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(count, len(tasks))
+    fig, axes = plt.subplots(n, 4, figsize=(8, 2.1 * n), dpi=100, squeeze=False)
+    for i in range(n):
+        t, out = tasks[i], run.outputs[i]
+        blank = np.zeros((t.image.height, t.image.width), dtype=np.float32)
+        soft = out.mask_soft if out.mask_soft is not None else blank
+        binary = out.mask_binary if out.mask_binary is not None else blank.astype(bool)
+        panels = [
+            (np.asarray(t.image.convert("RGB")), None, "input"),
+            (soft, "magma", "soft mask"),
+            (binary.astype(np.float32), "gray", "binary mask"),
+            (np.asarray(out.image), None, "edit"),
+        ]
+        for j, (img, cmap, title) in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1 if cmap else None, interpolation="nearest")
+            if j == 2:
+                ax.contour(t.region.astype(float), levels=[0.5], colors="lime", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=9)
+        label = f"{t.kind}: {t.source_colour} {t.source_shape} -> {t.target_colour} {t.target_shape}"
+        if records is not None:
+            rec = records[i]
+            label += f"\nIoU {rec['mask_iou']:.2f}  bg {rec['bg_psnr']:.1f} dB  {'OK' if rec['success'] else 'fail'}"
+        axes[i, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
+    fig.suptitle(
+        f"{run.method} at r={run.ratio:g}, {run.steps} steps (green: ground-truth region)", fontsize=9
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# =========================================================================== driver
+
+
+def run_benchmark(
+    bundle: ModelBundle,
+    tasks: Sequence[EditTask],
+    ratios: Sequence[float],
+    methods: Sequence[str] = METHODS,
+    steps: int = 25,
+    max_batch: int = 64,
+    out_dir: Path | None = None,
+    contact_ratio: float = 0.7,
+    default_steps: int | None = 50,
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run every method at every ratio on ``tasks`` with ``steps`` DDIM steps; return (summary rows,
+    task records).
+
+    With ``default_steps`` (and ``diffedit`` among ``methods``), ours also runs once at that many
+    steps — its default, 50 — at r = ``contact_ratio``: the row the mask-IoU target is read from, and
+    the contact sheet's. Skipped when it equals ``steps`` (the sweep holds it already).
+    With ``out_dir``, writes results.csv, tasks.csv, tradeoff.png and (when ``diffedit`` ran)
+    contact_sheet.png there.
+    """
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    tasks = list(tasks)
+    editor = DiffEditor(bundle, max_batch=max_batch)
+    pipe = build_diffusers_pipeline(bundle) if "diffusers" in methods else None
+    rows: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    sheet: tuple[MethodRun, list[dict[str, Any]]] | None = None
+
+    def add(run: MethodRun) -> list[dict[str, Any]]:
+        recs = score_run(run, tasks)
+        row = summarise(run, recs)
+        rows.append(row)
+        records.extend(recs)
+        log(
+            f"  {run.method:<17} r={_fmt(run.ratio, 2):<4} {run.steps:>2} steps {run.seconds:7.1f} s  "
+            f"success {row['success']:.3f}  bg PSNR {row['bg_psnr']:.2f} dB  "
+            f"IoU rec/resh {_fmt(row['mask_iou_recolor'])}/{_fmt(row['mask_iou_reshape'])}"
+        )
+        return recs
+
+    log(
+        f"{len(tasks)} tasks, ratios {list(ratios)}, methods {list(methods)}, {steps} steps, max_batch {max_batch}"
+    )
+    add(run_vae_recon(bundle, tasks, max_batch))
+    add(run_target_render(tasks))
+    for ratio in ratios:
+        for method in methods:
+            if method == "diffedit_paste":
+                continue  # derived from diffedit's run
+            if method == "diffusers":
+                add(run_diffusers(pipe, tasks, ratio, steps, max_batch))
+                continue
+            run, results = run_ours(editor, tasks, ratio, steps, method)
+            recs = add(run)
+            if method == "diffedit":
+                if "diffedit_paste" in methods:
+                    add(paste_run(run, results, tasks))
+                if sheet is None or abs(ratio - contact_ratio) < abs(sheet[0].ratio - contact_ratio):
+                    sheet = (run, recs)
+    if default_steps and default_steps != steps and "diffedit" in methods:
+        log(f"ours at its default {default_steps} steps, r={contact_ratio:g}:")
+        run, results = run_ours(editor, tasks, contact_ratio, default_steps, "diffedit")
+        sheet = (run, add(run))
+        if "diffedit_paste" in methods:
+            add(paste_run(run, results, tasks))
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        write_csv(out_dir / "results.csv", rows, SUMMARY_COLUMNS)
+        write_csv(out_dir / "tasks.csv", records, TASK_COLUMNS)
+        plot_tradeoff(rows, out_dir / "tradeoff.png", steps)
+        if sheet is not None:
+            contact_sheet(tasks, sheet[0], out_dir / "contact_sheet.png", sheet[1])
+    return rows, records
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default="models/shapes-v1", help="model directory or URL (load_bundle)")
+    p.add_argument(
+        "--tiny", action="store_true", help="use a tiny random model instead (smoke test; edits are noise)"
+    )
+    p.add_argument("--tasks", type=int, default=200, help="number of held-out edit tasks")
+    p.add_argument("--seed", type=int, default=0, help="task stream (scene seeds 1e9 + seed * 1_000_003 + k)")
+    p.add_argument("--kinds", nargs="+", default=["recolor", "reshape"], choices=["recolor", "reshape"])
+    p.add_argument("--size", type=int, default=64, help="scene size in pixels")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.7, 0.9], help="encoding ratios r")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps of the sweep, the same for every method")
+    p.add_argument(
+        "--default-steps",
+        type=int,
+        default=50,
+        help="also run ours at this many steps (its default) at --contact-ratio; 0 = skip",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=64, help="samples per UNet call (ours); tasks per batch (diffusers)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared 2-core machine 2 threads are 10-50x slower); 0 = torch's default",
+    )
+    p.add_argument("--contact-ratio", type=float, default=0.7, help="r of the contact sheet (ours)")
+    p.add_argument("--out", default="out/quality", help="output directory")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    wall0 = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.tiny:
+        from diffedit.tiny import tiny_bundle
+
+        bundle, model = tiny_bundle(seed=0), "tiny:0"
+    else:
+        from diffedit.loading import load_bundle
+
+        bundle, model = load_bundle(args.model), args.model
+    tasks = make_edit_tasks(args.seed, args.tasks, size=args.size, kinds=tuple(args.kinds))
+    rows, _ = run_benchmark(
+        bundle,
+        tasks,
+        args.ratios,
+        methods=args.methods,
+        steps=args.steps,
+        max_batch=args.max_batch,
+        out_dir=out,
+        contact_ratio=args.contact_ratio,
+        default_steps=args.default_steps,
+    )
+    wall = time.perf_counter() - wall0
+    meta = {
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.quality", *sys.argv[1:]]),
+        "model": model,
+        "weights_sha256": getattr(bundle, "weights_hash", None),
+        "tasks": len(tasks),
+        "task_seed": args.seed,
+        "scene_seeds": [int(tasks[0].seed), int(tasks[-1].seed)] if tasks else [],
+        "ratios": args.ratios,
+        "methods": args.methods,
+        "steps": args.steps,
+        "default_steps": args.default_steps,
+        "max_batch": args.max_batch,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.platform(),
+        "wall_seconds": wall,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print()
+    print(format_table(rows))
+    print(
+        f"\nwall {wall:.0f} s; wrote {out}/results.csv, tasks.csv, tradeoff.png, contact_sheet.png, meta.json"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
