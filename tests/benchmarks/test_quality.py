@@ -1,0 +1,195 @@
+"""The quality benchmark: its metric functions on hand-made arrays, its runners and outputs on a tiny
+model, and a small slice of it on the bundled model with asserted thresholds (a quality regression
+fails CI)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks import quality as Q
+from diffedit.editor import DiffEditor
+from diffedit.shapes.classify import classify_region
+from diffedit.shapes.scenes import make_edit_tasks
+from diffedit.tiny import tiny_bundle
+
+MODEL = Path("models/shapes-v1")
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: on a busy 2-core machine two threads spin against each
+    other and a UNet call gets tens of times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------- metrics
+
+
+def test_mask_iou_exact_values():
+    m = np.array([[1, 1, 0], [0, 0, 0]], dtype=bool)
+    r = np.array([[0, 1, 1], [0, 0, 0]], dtype=bool)
+    assert Q.mask_iou(m, r) == pytest.approx(1 / 3)
+    assert Q.mask_iou(m, m) == 1.0
+    assert Q.mask_iou(m, ~m) == 0.0
+    assert Q.mask_iou(np.zeros((2, 3), bool), np.zeros((2, 3), bool)) == 1.0  # both empty
+    with pytest.raises(ValueError, match="shape"):
+        Q.mask_iou(m, r[:, :2])
+
+
+def test_background_psnr_and_mae_exact_values():
+    ref = np.full((4, 4, 3), 100, dtype=np.uint8)
+    region = np.zeros((4, 4), dtype=bool)
+    region[:2, :2] = True
+    edited = ref.copy()
+    edited[~region] = 110  # every background value off by 10: MSE 100, MAE 10
+    edited[region] = 0  # inside the region: ignored
+    assert Q.background_psnr(edited, ref, region) == pytest.approx(10 * math.log10(255**2 / 100))
+    assert Q.background_mae(edited, ref, region) == pytest.approx(10.0)
+    # PIL images give the same numbers as arrays.
+    assert Q.background_psnr(Image.fromarray(edited), Image.fromarray(ref), region) == pytest.approx(
+        28.1308036, abs=1e-6
+    )
+    # One background pixel off by 12 in one channel: MSE = 144 / (12 pixels * 3 channels) = 4.
+    one = ref.copy()
+    one[3, 3, 0] = 112
+    assert Q.background_psnr(one, ref, region) == pytest.approx(10 * math.log10(255**2 / 4))
+    assert Q.background_mae(one, ref, region) == pytest.approx(12 / 36)
+    # An exact copy is capped; no background at all is an error.
+    assert Q.background_psnr(ref, ref, region) == Q.PSNR_CAP_DB
+    with pytest.raises(ValueError, match="whole image"):
+        Q.background_psnr(ref, ref, np.ones((4, 4), dtype=bool))
+    with pytest.raises(ValueError, match="region shape"):
+        Q.background_mae(ref, ref, region[:3])
+
+
+def test_psnr_from_mse():
+    assert Q.psnr_from_mse(255.0**2) == pytest.approx(0.0)
+    assert Q.psnr_from_mse(255.0**2 / 100) == pytest.approx(20.0)
+    assert Q.psnr_from_mse(0.0) == Q.PSNR_CAP_DB
+
+
+def test_mask_to_image_nearest_blocks():
+    latent = np.array([[1, 0], [0, 1]], dtype=bool)
+    img = Q.mask_to_image(latent, (8, 8))
+    expected = np.kron(latent, np.ones((4, 4), dtype=bool))
+    assert img.dtype == bool and np.array_equal(img, expected)
+
+
+def test_judge_edit_on_generated_scenes():
+    """Ground-truth edits succeed, unedited inputs fail, and the judge's colour is
+    ``classify_region``'s, on generated scenes of both kinds."""
+    tasks = make_edit_tasks(3, 12)
+    for t in tasks:
+        colour, shape, ok = Q.judge_edit(t.target_image, t.region, t.kind, t.target_colour, t.target_shape)
+        assert ok, (t.id, colour, shape)
+        assert not Q.judge_edit(t.image, t.region, t.kind, t.target_colour, t.target_shape)[2], t.id
+        assert Q.region_colour(t.image, t.region) == classify_region(t.image, t.region)[0]
+    recolour = next(t for t in tasks if t.kind == "recolor")
+    assert Q.judge_edit(recolour.image, recolour.region, "recolor", recolour.target_colour, "x")[1] == "-"
+    with pytest.raises(ValueError, match="kind"):
+        Q.judge_edit(recolour.image, recolour.region, "move", "red", "circle")
+
+
+def test_summarise_splits_kinds():
+    recs = [
+        {
+            "kind": "recolor",
+            "mask_iou": 0.5,
+            "bg_psnr": 30.0,
+            "bg_mae": 1.0,
+            "success": 1.0,
+            "unet_evals": 10,
+        },
+        {
+            "kind": "reshape",
+            "mask_iou": 0.3,
+            "bg_psnr": 20.0,
+            "bg_mae": 3.0,
+            "success": 0.0,
+            "unet_evals": 10,
+        },
+    ]
+    run = Q.MethodRun("diffedit", 0.7, 25, outputs=[], seconds=4.0, predicts_mask=True)
+    row = Q.summarise(run, recs)
+    assert set(row) == set(Q.SUMMARY_COLUMNS)
+    assert (row["n"], row["n_recolor"], row["n_reshape"]) == (2, 1, 1)
+    assert (row["mask_iou_recolor"], row["mask_iou_reshape"], row["mask_iou"]) == (0.5, 0.3, 0.4)
+    assert (row["bg_psnr"], row["success"], row["success_recolor"]) == (25.0, 0.5, 1.0)
+    assert row["edits_per_s"] == 0.5
+    assert math.isnan(Q.summarise(Q.MethodRun("vae_recon", math.nan, 0, [], 1.0), recs)["edits_per_s"])
+
+
+# ----------------------------------------------------------------------------------- runners (tiny model)
+
+
+def test_runners_output_shapes_on_tiny_model(one_thread):
+    bundle = tiny_bundle(seed=0)
+    tasks = make_edit_tasks(0, 2, size=32)
+    editor = DiffEditor(bundle, max_batch=8)
+    for variant in ("diffedit", "diffedit_gt_mask", "diffedit_no_mask", "sdedit"):
+        run, results = Q.run_ours(editor, tasks, 0.5, 4, variant)
+        assert len(run.outputs) == 2 and run.seconds > 0
+        for out in run.outputs:
+            assert out.image.size == (32, 32) and out.image.mode == "RGB"
+            assert out.mask_binary.shape == (32, 32) and out.mask_binary.dtype == bool
+            assert out.mask_soft.shape == (32, 32)
+            assert out.unet_evals > 0
+        if variant == "diffedit_no_mask":
+            assert all(o.mask_binary.all() for o in run.outputs)
+        if variant == "diffedit_gt_mask":  # the given region, dilated to the latent grid
+            assert all((o.mask_binary | ~t.region).all() for o, t in zip(run.outputs, tasks, strict=True))
+        if variant == "diffedit":
+            pasted = Q.paste_run(run, results, tasks)
+            assert [o.image.size for o in pasted.outputs] == [(32, 32)] * 2
+    pipe = Q.build_diffusers_pipeline(bundle)
+    run = Q.run_diffusers(pipe, tasks, 0.5, 4, max_batch=2)
+    assert [o.image.size for o in run.outputs] == [(32, 32)] * 2
+    assert all(o.mask_binary.shape == (32, 32) for o in run.outputs)
+    # 4 steps: mask 4 x 10 maps; invert and decode 2 steps each, with CFG: 40 + 4 + 4.
+    assert run.outputs[0].unet_evals == 48
+    recon = Q.run_vae_recon(bundle, tasks, max_batch=2)
+    assert [o.image.size for o in recon.outputs] == [(32, 32)] * 2
+
+
+def test_benchmark_command_on_tiny_model(tmp_path, one_thread):
+    """The command end to end on a tiny random model: every file, every row, the CSV columns."""
+    out = tmp_path / "q"
+    argv = ["--tiny", "--tasks", "2", "--size", "32", "--ratios", "0.5", "0.9", "--steps", "3"]
+    argv += ["--default-steps", "4", "--max-batch", "8", "--threads", "0", "--out", str(out)]
+    assert Q.main(argv) == 0
+    for name in ("results.csv", "tasks.csv", "tradeoff.png", "contact_sheet.png", "meta.json"):
+        assert (out / name).stat().st_size > 0, name
+    with (out / "results.csv").open() as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == Q.SUMMARY_COLUMNS
+        rows = list(reader)
+    keys = [(r["method"], r["ratio"], r["steps"]) for r in rows]
+    assert keys[:2] == [("vae_recon", "", "0"), ("target_render", "", "0")]
+    for ratio in ("0.5000", "0.9000"):
+        for method in Q.METHODS:
+            assert (method, ratio, "3") in keys
+    assert ("diffedit", "0.7000", "4") in keys and ("diffedit_paste", "0.7000", "4") in keys
+    assert len(rows) == 2 + 2 * len(Q.METHODS) + 2
+    assert all(r["n"] == "2" for r in rows)
+    with (out / "tasks.csv").open() as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == Q.TASK_COLUMNS
+        assert len(list(reader)) == 2 * len(rows)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["tasks"] == 2 and meta["scene_seeds"][0] >= 1_000_000_000
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="unknown method"):
+        Q.run_benchmark(None, [], [0.7], methods=["magic"])  # type: ignore[arg-type]
