@@ -218,6 +218,26 @@ def mask_to_image(mask_latent: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize(size, Image.Resampling.NEAREST)) > 127
 
 
+def latent_grid_iou(region: np.ndarray, factor: int) -> float:
+    """The best mask IoU a latent-resolution mask can reach on ``region``: the region rounded to the
+    ``factor`` x ``factor`` pixel blocks of the latent grid (a block is in when at least half of its
+    pixels are), upsampled back, against the region. Sides must be multiples of ``factor``."""
+    r = np.asarray(region, dtype=bool)
+    h, w = r.shape
+    if h % factor or w % factor:
+        raise ValueError(f"region shape {r.shape} is not a multiple of {factor}")
+    frac = r.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))  # (h/f, w/f)
+    return mask_iou(np.kron(frac >= 0.5, np.ones((factor, factor), dtype=bool)), r)
+
+
+def latent_grid_ceiling(tasks: Sequence[EditTask], factor: int) -> dict[str, float]:
+    """Mean ``latent_grid_iou`` per task kind: the mask-IoU ceiling of any latent-space mask."""
+    kinds = sorted({t.kind for t in tasks})
+    return {
+        k: float(np.mean([latent_grid_iou(t.region, factor) for t in tasks if t.kind == k])) for k in kinds
+    }
+
+
 def _mean(values: Sequence[float]) -> float:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(vals)) if vals else float("nan")
@@ -818,6 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default_steps=args.default_steps,
     )
     wall = time.perf_counter() - wall0
+    ceiling = latent_grid_ceiling(tasks, bundle.vae_scale_factor)
     meta = {
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.quality", *sys.argv[1:]]),
         "model": model,
@@ -833,11 +854,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.platform(),
+        "mask_iou_latent_grid_ceiling": ceiling,
         "wall_seconds": wall,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print()
     print(format_table(rows))
+    f = bundle.vae_scale_factor
+    print(
+        f"\nmask IoU ceiling of a perfect {f}x{f}-pixel latent-grid mask (majority rule): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in ceiling.items())
+    )
     print(
         f"\nwall {wall:.0f} s; wrote {out}/results.csv, tasks.csv, tradeoff.png, contact_sheet.png, meta.json"
     )

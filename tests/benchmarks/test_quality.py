@@ -86,6 +86,19 @@ def test_mask_to_image_nearest_blocks():
     assert img.dtype == bool and np.array_equal(img, expected)
 
 
+def test_latent_grid_iou_exact_values():
+    region = np.zeros((8, 8), dtype=bool)
+    region[:4, :4] = True  # exactly one 4x4 block
+    assert Q.latent_grid_iou(region, 4) == 1.0
+    region[:4, 4:6] = True  # half of the next block: rounded in (IoU 24 / 32)
+    assert Q.latent_grid_iou(region, 4) == pytest.approx(24 / 32)
+    region[:4, 4:6] = False
+    region[0, 4] = True  # 1/16 of it: rounded out (IoU 16 / 17)
+    assert Q.latent_grid_iou(region, 4) == pytest.approx(16 / 17)
+    with pytest.raises(ValueError, match="multiple"):
+        Q.latent_grid_iou(np.zeros((6, 8), bool), 4)
+
+
 def test_judge_edit_on_generated_scenes():
     """Ground-truth edits succeed, unedited inputs fail, and the judge's colour is
     ``classify_region``'s, on generated scenes of both kinds."""
