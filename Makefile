@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements/constraints
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint format demo clean
+.PHONY: install test test-fast lint format demo bench-quality bench-perf clean
 
 install: $(STAMP)
 
@@ -39,6 +39,14 @@ demo: install
 	$(BIN)/diffedit-batch prepare shapes --out data/shapes_manifest --rows 16
 	$(BIN)/diffedit-batch run jobs/shapes_recolor.yaml
 	$(BIN)/diffedit-batch preview out/shapes_recolor --out out/shapes_recolor_preview.png
+
+# Issue 3's quality benchmark: >= 200 held-out edit tasks, every method, r in {0.5, 0.7, 0.9}.
+bench-quality: install
+	$(BIN)/python -m benchmarks.quality --model models/shapes-v1 --out out/quality
+
+# Issue 5's side-by-side performance benchmark; writes out/perf.json.
+bench-perf: install
+	$(BIN)/python -m benchmarks.perf --model models/shapes-v1 --out out/perf.json
 
 clean:
 	rm -rf $(VENV) out data .pytest_cache .ruff_cache
