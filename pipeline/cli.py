@@ -1,0 +1,190 @@
+"""``diffedit-batch``: run, validate and preview DiffEdit batch jobs; prepare their manifests.
+
+Exit codes (``pipeline.job.ExitCode``): 0 success or nothing to do; 1 the run failed (rerun resumes);
+2 configuration or usage error; 3 unusable input (schema, null or duplicate ids) or an output that
+belongs to another configuration; 4 more rows failed than ``failure.max_failed_fraction`` allows.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from pipeline.config import ConfigError, StorageConfig, load_job
+from pipeline.job import ExitCode, InputError
+from pipeline.manifest import ManifestError
+
+app = typer.Typer(
+    help="DiffEdit (Couairon et al., ICLR 2023) as a Ray Data batch job: manifests in, edited Parquet out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+prepare_app = typer.Typer(help="Build input manifests.", no_args_is_help=True)
+app.add_typer(prepare_app, name="prepare")
+
+log = logging.getLogger("pipeline")
+
+
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
+) -> None:
+    """DiffEdit batch jobs on Ray Data."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logger = logging.getLogger("pipeline")
+    logger.setLevel(level)
+    if not any(getattr(h, "_diffedit", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._diffedit = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def _fail(code: ExitCode, message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(int(code))
+
+
+def _storage(endpoint_url: str | None, region: str | None, anonymous: bool) -> StorageConfig:
+    return StorageConfig(endpoint_url=endpoint_url, region=region, anonymous=anonymous)
+
+
+ENDPOINT = typer.Option(
+    None, "--endpoint-url", help="S3-compatible endpoint (credentials from the environment)."
+)
+REGION = typer.Option(None, "--region", help="S3 region.")
+ANONYMOUS = typer.Option(False, "--anonymous", help="Unsigned (public) S3/GCS access.")
+
+
+@app.command()
+def run(
+    job_file: Path = typer.Argument(..., help="The job YAML (jobs/*.yaml)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Delete this job's output first and start afresh."
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="Ray cluster address (default $RAY_ADDRESS, else a local Ray sized to this machine).",
+    ),
+) -> None:
+    """Run a job: edit every manifest row not yet in the output, then write the summary and _SUCCESS."""
+    from pipeline.job import run_job, summary_table
+
+    try:
+        job = load_job(job_file)
+    except ConfigError as exc:
+        raise _fail(ExitCode.CONFIG, f"config: {exc}") from None
+    try:
+        outcome = run_job(job, overwrite=overwrite, address=address)
+    except ConfigError as exc:
+        raise _fail(ExitCode.CONFIG, f"config: {exc}") from None
+    except (InputError, ManifestError) as exc:
+        raise _fail(ExitCode.INPUT, f"input: {exc}") from None
+    except Exception as exc:
+        log.exception("run failed")
+        raise _fail(ExitCode.ERROR, f"run failed ({type(exc).__name__}: {exc}); rerun to resume") from None
+    if outcome.status != "already_complete":
+        typer.echo(summary_table(outcome.summary))
+    typer.echo(outcome.message)
+    raise typer.Exit(int(outcome.exit_code))
+
+
+@app.command()
+def validate(job_file: Path = typer.Argument(..., help="The job YAML.")) -> None:
+    """Check the config, the input's schema and ids, the model's layout and the output, without
+    loading the model."""
+    from pipeline.validate import validate_job
+
+    try:
+        job = load_job(job_file)
+        lines = validate_job(job)
+    except ConfigError as exc:
+        raise _fail(ExitCode.CONFIG, f"config: {exc}") from None
+    except (InputError, ManifestError) as exc:
+        raise _fail(ExitCode.INPUT, f"input: {exc}") from None
+    for line in lines:
+        typer.echo(line)
+    typer.echo("valid")
+
+
+@app.command()
+def preview(
+    output: str = typer.Argument(..., help="A job's output folder or prefix."),
+    out: str = typer.Option("preview.png", "--out", "-o", help="The PNG to write."),
+    rows: int = typer.Option(8, "--rows", "-n", min=1, help="How many rows to show."),
+    cell: int = typer.Option(160, "--cell", min=32, help="Cell size in pixels."),
+    endpoint_url: str | None = ENDPOINT,
+    region: str | None = REGION,
+    anonymous: bool = ANONYMOUS,
+) -> None:
+    """Render a contact sheet (input | mask | edit) of some output rows."""
+    from pipeline.preview import render_preview
+
+    try:
+        shown = render_preview(output, out, _storage(endpoint_url, region, anonymous), rows=rows, cell=cell)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(ExitCode.INPUT, str(exc)) from None
+    typer.echo(f"wrote {out} ({shown} rows)")
+
+
+@prepare_app.command("shapes")
+def prepare_shapes(
+    out: str = typer.Option(..., "--out", "-o", help="Folder (manifest.parquet inside) or .parquet file."),
+    rows: int = typer.Option(16, "--rows", "-n", min=1, help="Number of rows."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Task stream of the held-out scenes."),
+    size: int = typer.Option(64, "--size", min=16, help="Image side in pixels."),
+) -> None:
+    """The synthetic shapes manifest of the demo job: held-out scenes, recolour queries, images inline."""
+    from pipeline.prepare import SHAPES_SCHEMA, shapes_rows, write_manifest
+
+    records = shapes_rows(rows, seed=seed, size=size)
+    path = write_manifest(records, out, StorageConfig(), SHAPES_SCHEMA)
+    typer.echo(f"wrote {len(records)} rows to {path}")
+
+
+@prepare_app.command("coco-recolor")
+def prepare_coco(
+    captions: str = typer.Option(
+        ..., "--captions", help="COCO captions JSON (captions_train2017.json), path or URI."
+    ),
+    images: str = typer.Option(
+        ..., "--images", help="Prefix of the COCO images (s3://bucket/coco/train2017/)."
+    ),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Folder/prefix (manifest.parquet inside) or .parquet file."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seeds the choice of target colours."),
+    per_image: int = typer.Option(1, "--per-image", min=1, help="At most this many rows per image."),
+    max_rows: int | None = typer.Option(None, "--max-rows", min=1, help="Stop after this many rows."),
+    endpoint_url: str | None = ENDPOINT,
+    region: str | None = REGION,
+    anonymous: bool = ANONYMOUS,
+) -> None:
+    """The COCO recolour manifest: each caption's colour word swapped for another colour (deterministic);
+    captions without a colour word are counted and left out."""
+    from pipeline.prepare import COCO_SCHEMA, coco_recolor_rows, load_coco_captions, write_manifest
+
+    storage = _storage(endpoint_url, region, anonymous)
+    try:
+        data = load_coco_captions(captions, storage)
+        records, stats = coco_recolor_rows(data, images, seed=seed, per_image=per_image, max_rows=max_rows)
+    except ValueError as exc:
+        raise _fail(ExitCode.INPUT, str(exc)) from None
+    if not records:
+        raise _fail(ExitCode.INPUT, f"no caption of {captions} has a colour word: nothing to write")
+    path = write_manifest(records, out, storage, COCO_SCHEMA)
+    typer.echo(
+        f"{stats.captions} captions of {stats.images} images: {stats.with_colour} with a colour word, "
+        f"{stats.without_colour} without (left out); wrote {stats.rows} rows to {path}"
+    )
+
+
+if __name__ == "__main__":  # python -m pipeline.cli
+    app()

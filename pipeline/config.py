@@ -1,0 +1,520 @@
+"""The job configuration: strict, frozen dataclasses loaded from YAML.
+
+A job file (``jobs/*.yaml``) has these sections, every one optional except ``input``, ``output`` and
+``model.source`` (which a preset may supply)::
+
+    presets: [models/shapes-v1, compute/cpu]   # partial job files under configs/, merged in order
+    name: shapes_recolor
+    input:   {paths: [...]}                   # Parquet files, globs or prefixes
+    output:  {path: ..., rows_per_file: 64}
+    model:   {source: ..., revision: ..., cache_dir: ...}
+    params:  {num_inference_steps: 50, ...}   # diffedit.EditParams fields (job-wide defaults)
+    compute: {device: cpu, dtype: float32, actors: 1, ...}
+    storage: {endpoint_url: ..., region: ..., anonymous: false}
+    images:  {allow: [...], max_bytes: ..., max_pixels: ..., max_side: ..., modes: [...]}
+    failure: {max_failed_fraction: 0.05}
+
+Rules (each violation is a ``ConfigError`` naming the file and the dotted key):
+
+* an unknown key or a wrong type is an error (integers are accepted for floats, never booleans);
+* ``${VAR}`` in any string is replaced by the environment variable ``VAR`` (an error when unset),
+  ``${VAR:-default}`` falls back to ``default``, ``$${`` is a literal ``${``;
+* presets are merged first (a preset is a partial job file), the job file last: mappings merge key by
+  key, everything else is replaced;
+* relative local paths are resolved against the current working directory when the job runs;
+* credentials are never part of a config: ``storage`` takes no keys or secrets (S3 credentials come
+  from the environment, e.g. ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` or an instance role).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from diffedit.params import EditParams
+
+#: Where named presets live: ``$DIFFEDIT_CONFIGS`` or the repository's ``configs/`` folder.
+CONFIGS_DIR_ENV = "DIFFEDIT_CONFIGS"
+DEFAULT_CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+#: Keys that would carry credentials; refused with a pointer to the environment.
+CREDENTIAL_KEYS = frozenset(
+    {"key", "secret", "token", "password", "access_key", "secret_key", "aws_access_key_id",
+     "aws_secret_access_key", "aws_session_token", "session_token", "credentials"}
+)  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A job configuration problem: unknown key, wrong type, missing file, unset variable."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where the manifest is: Parquet files, globs (``*``, ``**``) or prefixes (folders)."""
+
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where the edited dataset goes (a folder or prefix), and how many rows one Parquet file holds."""
+
+    path: str
+    rows_per_file: int = 64
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model: a local diffusers folder, ``file://``, ``s3://`` URI or a hub id (with revision)."""
+
+    source: str
+    revision: str | None = None
+    cache_dir: str | None = None  # local cache for s3:// and hub models (default: the loader's)
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How the job runs on Ray.
+
+    ``actors`` is a fixed number of model actors or a ``[min, max]`` autoscaling range. Every actor
+    reserves ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs and runs torch on ``torch_threads``
+    threads (0: as many as it reserves CPUs, at least 1). Reading, fetching, encoding and writing run as
+    tasks reserving ``io_cpus`` each. On a machine with C CPUs, keep
+    ``max_actors * cpus_per_actor + io_cpus <= C``, or the read tasks can never be scheduled and Ray
+    Data waits for ever (Ray issue 44687); the job checks this on a local cluster.
+    """
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    actors: int | tuple[int, int] = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    torch_threads: int = 0
+    batch_size: int = 8  # rows per call of the model actor
+    max_batch: int = 16  # UNet samples per forward pass (DiffEditor.max_batch)
+    io_cpus: float = 0.25
+    fetch_threads: int = 8  # concurrent image downloads inside one fetch task
+    rows_per_block: int = 32  # rows per Ray block after reading: the unit of streaming and of progress
+
+    @property
+    def min_actors(self) -> int:
+        return self.actors if isinstance(self.actors, int) else self.actors[0]
+
+    @property
+    def max_actors(self) -> int:
+        return self.actors if isinstance(self.actors, int) else self.actors[1]
+
+    @property
+    def threads(self) -> int:
+        """torch threads inside one actor."""
+        return self.torch_threads or max(1, int(self.cpus_per_actor))
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Options of S3-compatible storage (s3fs); credentials come only from the environment."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    anonymous: bool = False
+
+
+#: Modes accepted by default: photographs and graphics. 32-bit integer/float, LAB and HSV images are
+#: refused (they are measurements, not pictures, and have no canonical RGB rendering).
+DEFAULT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+                 "I;16", "I;16B", "I;16L", "I;16N")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    """Where rows may read images from, and the limits applied when fetching and decoding them.
+
+    ``allow`` lists URI prefixes (``s3://bucket/coco/``, ``https://images.example.com/``, a local
+    folder) or bare schemes (``s3://``, ``file://``); a row whose ``image`` matches none fails. Empty:
+    no URI may be read (rows must carry ``image_bytes``).
+    """
+
+    allow: tuple[str, ...] = ()
+    max_bytes: int = 50 * 1024 * 1024  # encoded size
+    max_pixels: int = 50_000_000  # width x height, checked from the header: the decompression-bomb limit
+    max_side: int = 8192  # the longer side, in pixels
+    modes: tuple[str, ...] = DEFAULT_MODES
+
+
+@dataclass(frozen=True)
+class FailureConfig:
+    """The job fails (non-zero exit, no ``_SUCCESS``) when more than this fraction of rows failed."""
+
+    max_failed_fraction: float = 0.05
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A whole job, validated; ``source`` is the job file it came from."""
+
+    input: InputConfig
+    output: OutputConfig
+    model: ModelConfig
+    name: str = "diffedit"
+    params: EditParams = field(default_factory=EditParams)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    failure: FailureConfig = field(default_factory=FailureConfig)
+    source: str = "<dict>"
+    presets: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-ready), without ``source`` and ``presets`` (where it came from)."""
+        data = dataclasses.asdict(self)
+        data.pop("source")
+        data.pop("presets")
+        return _jsonable(data)
+
+    @property
+    def config_hash(self) -> str:
+        """sha256 of the resolved configuration (canonical JSON)."""
+        return _sha256_json(self.to_dict())
+
+    @property
+    def results_hash(self) -> str:
+        """sha256 of what determines the output rows: input, model, parameters, image rules, device
+        and dtype. A rerun into an existing output must have the same one (else ``--overwrite``)."""
+        d = self.to_dict()
+        key = {k: d[k] for k in ("input", "model", "params", "images")}
+        key["compute"] = {k: d["compute"][k] for k in ("device", "dtype")}
+        return _sha256_json(key)
+
+
+SECTIONS: dict[str, type] = {
+    "input": InputConfig,
+    "output": OutputConfig,
+    "model": ModelConfig,
+    "compute": ComputeConfig,
+    "storage": StorageConfig,
+    "images": ImagesConfig,
+    "failure": FailureConfig,
+}
+TOP_LEVEL = frozenset({*SECTIONS, "params", "name", "presets"})
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_job(
+    path: str | Path, env: Mapping[str, str] | None = None, configs_dir: str | Path | None = None
+) -> JobConfig:
+    """Load, interpolate, merge presets and validate a job file."""
+    env = os.environ if env is None else env
+    path = Path(path)
+    data = _read_yaml(path)
+    data = interpolate(data, env, str(path))
+    check_document(data, str(path), allow_presets=True)
+    preset_names = data.get("presets") or []
+    merged: dict[str, Any] = {}
+    for name in preset_names:
+        preset_path = resolve_preset(name, path, configs_dir or env.get(CONFIGS_DIR_ENV))
+        preset = interpolate(_read_yaml(preset_path), env, str(preset_path))
+        check_document(preset, str(preset_path), allow_presets=False)
+        merged = deep_merge(merged, preset)
+    merged = deep_merge(merged, {k: v for k, v in data.items() if k != "presets"})
+    return build_job(merged, source=str(path), presets=tuple(preset_names))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def resolve_preset(name: Any, job_path: Path, configs_dir: str | Path | None) -> Path:
+    """A preset name (``compute/cpu``) -> ``<configs>/compute/cpu.yaml``; a name ending in ``.yaml``
+    is a path relative to the job file."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{job_path}: presets: each preset must be a non-empty string, got {name!r}")
+    if name.endswith((".yaml", ".yml")):
+        candidate = (job_path.parent / name).resolve()
+    else:
+        candidate = Path(configs_dir or DEFAULT_CONFIGS_DIR) / f"{name}.yaml"
+    if not candidate.is_file():
+        raise ConfigError(f"{job_path}: presets: preset {name!r} not found (looked for {candidate})")
+    return candidate
+
+
+_VAR = re.compile(r"\$(\$?)\{([^}]*)\}")
+
+
+def interpolate(data: Any, env: Mapping[str, str], source: str, where: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of ``data`` from ``env``."""
+    if isinstance(data, dict):
+        return {k: interpolate(v, env, source, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [interpolate(v, env, source, f"{where}[{i}]") for i, v in enumerate(data)]
+    if not isinstance(data, str):
+        return data
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(1):  # $${...}: a literal ${...}
+            return "${" + match.group(2) + "}"
+        expr = match.group(2)
+        name, sep, default = expr.partition(":-")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(f"{source}: {where}: invalid variable reference ${{{expr}}}")
+        value = env.get(name)
+        if value is None or (sep and value == ""):
+            if sep:
+                return default
+            raise ConfigError(
+                f"{source}: {where}: environment variable {name} is not set (used as ${{{name}}})"
+            )
+        return value
+
+    return _VAR.sub(substitute, data)
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; any other value in ``over`` replaces the one in ``base``."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def check_document(data: Mapping[str, Any], source: str, *, allow_presets: bool) -> None:
+    """Check one file's keys and value types (required keys are checked after merging)."""
+    allowed = TOP_LEVEL if allow_presets else TOP_LEVEL - {"presets"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        hint = " (presets may not name presets)" if "presets" in unknown else ""
+        raise ConfigError(f"{source}: unknown key(s) {unknown}{hint}; known: {sorted(allowed)}")
+    if "name" in data and not isinstance(data["name"], str):
+        raise ConfigError(f"{source}: name: must be a string, got {type(data['name']).__name__}")
+    if "presets" in data and not isinstance(data["presets"], list):
+        raise ConfigError(f"{source}: presets: must be a list of names, got {type(data['presets']).__name__}")
+    for section, cls in SECTIONS.items():
+        if section in data:
+            _check_section(data[section], cls, section, source)
+    if "params" in data:
+        params = data["params"]
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"{source}: params: must be a mapping, got {type(params).__name__}")
+        try:
+            EditParams.from_dict(params, source=f"{source}: params")
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _check_section(data: Any, cls: type, section: str, source: str) -> dict[str, Any]:
+    """Check a section's keys and types; return the coerced values present."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: {section}: must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    secret = sorted(set(data) & CREDENTIAL_KEYS)
+    if secret:
+        raise ConfigError(
+            f"{source}: {section}: {secret} not allowed: credentials come only from the environment "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role, ...)"
+        )
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{source}: {section}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return {key: coerce(value, hints[key], f"{source}: {section}.{key}") for key, value in data.items()}
+
+
+def build_job(data: Mapping[str, Any], *, source: str = "<dict>", presets: tuple[str, ...] = ()) -> JobConfig:
+    """A ``JobConfig`` from merged data (after ``check_document``); checks required keys and ranges."""
+    check_document(data, source, allow_presets=True)
+    kwargs: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        values = _check_section(data.get(section, {}), cls, section, source)
+        missing = [f.name for f in fields(cls) if f.name not in values and _is_required(f)]
+        if section in ("input", "output", "model") and missing:
+            raise ConfigError(
+                f"{source}: {section}.{missing[0]} is required"
+                + (" (set it here or in a preset)" if section == "model" else "")
+            )
+        kwargs[section] = cls(**values)
+    kwargs["params"] = EditParams.from_dict(data.get("params", {}), source=f"{source}: params")
+    if "name" in data:
+        kwargs["name"] = data["name"]
+    job = JobConfig(**kwargs, source=source, presets=presets)
+    _check_ranges(job)
+    return job
+
+
+def _is_required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _check_ranges(job: JobConfig) -> None:
+    src = job.source
+    problems = []
+    if not job.input.paths:
+        problems.append("input.paths must list at least one path")
+    if any(not p.strip() for p in job.input.paths):
+        problems.append("input.paths holds an empty path")
+    if not job.output.path.strip():
+        problems.append("output.path is empty")
+    if not job.model.source.strip():
+        problems.append("model.source is empty")
+    if job.output.rows_per_file < 1:
+        problems.append(f"output.rows_per_file must be >= 1, got {job.output.rows_per_file}")
+    c = job.compute
+    if c.min_actors < 1 or c.max_actors < c.min_actors:
+        problems.append(
+            f"compute.actors must be >= 1 or a range [min, max] with 1 <= min <= max, got {c.actors}"
+        )
+    if c.cpus_per_actor <= 0:
+        problems.append(f"compute.cpus_per_actor must be > 0, got {c.cpus_per_actor}")
+    if c.gpus_per_actor < 0:
+        problems.append(f"compute.gpus_per_actor must be >= 0, got {c.gpus_per_actor}")
+    if c.device == "cuda" and c.gpus_per_actor <= 0:
+        problems.append("compute.gpus_per_actor must be > 0 when compute.device is cuda")
+    if c.device == "cpu" and c.gpus_per_actor > 0:
+        problems.append("compute.gpus_per_actor must be 0 when compute.device is cpu")
+    if c.device == "cpu" and c.dtype == "float16":
+        problems.append("compute.dtype float16 is not supported on cpu (use float32 or bfloat16)")
+    for key in ("torch_threads",):
+        if getattr(c, key) < 0:
+            problems.append(f"compute.{key} must be >= 0, got {getattr(c, key)}")
+    for key in ("batch_size", "max_batch", "fetch_threads", "rows_per_block"):
+        if getattr(c, key) < 1:
+            problems.append(f"compute.{key} must be >= 1, got {getattr(c, key)}")
+    if c.io_cpus < 0:
+        problems.append(f"compute.io_cpus must be >= 0, got {c.io_cpus}")
+    im = job.images
+    for key in ("max_bytes", "max_pixels", "max_side"):
+        if getattr(im, key) < 1:
+            problems.append(f"images.{key} must be >= 1, got {getattr(im, key)}")
+    if any(not a.strip() for a in im.allow):
+        problems.append("images.allow holds an empty prefix")
+    if not im.modes:
+        problems.append("images.modes must list at least one mode")
+    if not 0.0 <= job.failure.max_failed_fraction <= 1.0:
+        problems.append(
+            f"failure.max_failed_fraction must be in [0, 1], got {job.failure.max_failed_fraction}"
+        )
+    if problems:
+        raise ConfigError(f"{src}: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------- typing
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against ``hint``; return it as that type (lists become tuples)."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return coerce(value, option, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {_describe(hint)}, got {_type_name(value)} {value!r}")
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{where}: must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin is tuple:
+        args = get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {_type_name(value)} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} items, got {len(value)}")
+        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {_type_name(value)} {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {_type_name(value)} {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {_type_name(value)} {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {_type_name(value)} {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} at {where}")  # a bug in this module
+
+
+def _describe(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(hint))
+    if origin is tuple:
+        args = get_args(hint)
+        return "a list" if args and args[-1] is Ellipsis else f"a list of {len(args)} items"
+    if hint is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping",
+            type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def _jsonable(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _jsonable(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_jsonable(v) for v in data]
+    return data
+
+
+def _sha256_json(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+__all__ = [
+    "ComputeConfig",
+    "ConfigError",
+    "FailureConfig",
+    "ImagesConfig",
+    "InputConfig",
+    "JobConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "StorageConfig",
+    "build_job",
+    "deep_merge",
+    "interpolate",
+    "load_job",
+]

@@ -1,0 +1,410 @@
+"""Running a job: preflight, Ray Data execution, reconciliation, summary.
+
+``run_job(job)``:
+
+1. reads the manifest's footers and ids (``pipeline.manifest``): a wrong schema, a null, empty or
+   duplicate id stops the job before anything is loaded (``InputError``);
+2. reads the ids already committed in the output; a finished output (every id committed and
+   ``_SUCCESS`` present) is a no-op; an output of another configuration, or holding ids that the input
+   does not, is refused unless ``overwrite``;
+3. takes ownership of the output (``_job.json``), removes ``_SUCCESS``, and runs the Ray Data plan on
+   the rows still missing:
+   ``read_parquet -> repartition -> fetch (tasks) -> edit (actor pool) -> encode (tasks) -> commit``;
+4. removes duplicate ids (only two racing runs can make them), checks that the output holds every
+   input id exactly once, and writes ``_summary.json``, then ``_SUCCESS`` if the failure policy held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import IntEnum
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import output as O
+from pipeline import rows as R
+from pipeline.config import ConfigError, JobConfig
+from pipeline.manifest import ManifestError, ManifestInfo, inspect_manifest
+from pipeline.storage import filesystem, join, redact
+
+log = logging.getLogger("pipeline")
+
+
+class ExitCode(IntEnum):
+    """Exit codes of ``diffedit-batch`` (Airflow's BashOperator: 0 success, anything else failure;
+    99, its "skipped" code, is never used)."""
+
+    OK = 0  # finished (or nothing to do); _SUCCESS written
+    ERROR = 1  # the run itself failed (Ray, storage, an integrity check); rerun to resume
+    CONFIG = 2  # the job file or the command line is wrong
+    INPUT = 3  # the input is unusable (schema, null/duplicate ids) or conflicts with the output
+    POLICY = 4  # finished, but more rows failed than failure.max_failed_fraction allows
+
+
+class InputError(ValueError):
+    """The input or the existing output prevents the run (exit code 3)."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a run did: its exit code, a one-line message and the summary written (if any)."""
+
+    exit_code: ExitCode
+    status: str  # succeeded | already_complete | failed_policy
+    message: str
+    summary: dict[str, Any]
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("diffedit-batch")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout without install
+        import diffedit
+
+        return diffedit.__version__
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = None) -> RunOutcome:
+    """Run ``job`` to completion (see the module docstring). Raises ``ConfigError``, ``InputError`` /
+    ``ManifestError`` before any work, and anything else when the run itself fails."""
+    started = time.time()
+    run_id = new_run_id()
+    try:
+        manifest = inspect_manifest(job.input.paths, job.storage)
+    except ManifestError as exc:
+        raise InputError(str(exc)) from None
+    assert manifest.ids is not None
+    input_ids = manifest.ids.to_pylist()
+    out_fs, out = filesystem(job.output.path, job.storage)
+    shown_out = redact(job.output.path)
+    if overwrite:
+        removed = O.clear_output(out_fs, out)
+        log.info("--overwrite: removed %d part(s) and the markers from %s", removed, shown_out)
+
+    prior = O.read_json(out_fs, join(out, O.JOB_FILE))
+    committed = O.read_parts(out_fs, out, columns=["id"]).column("id").to_pylist()
+    if committed and prior and prior.get("results_hash") != job.results_hash:
+        raise InputError(
+            f"output {shown_out} holds {len(committed)} rows made with another configuration "
+            f"(results hash {str(prior.get('results_hash'))[:12]}, this job {job.results_hash[:12]}): "
+            "use --overwrite, or another output path"
+        )
+    input_set = set(input_ids)
+    extra = set(committed) - input_set
+    if extra:
+        raise InputError(
+            f"output {shown_out} holds {len(extra)} id(s) that the input does not (e.g. {sorted(extra)[:3]}): "
+            "use --overwrite, or another output path"
+        )
+    done = frozenset(committed)
+    todo = len(input_set - done)
+    if todo == 0 and out_fs.exists(join(out, O.SUCCESS_FILE)):
+        summary = O.read_json(out_fs, join(out, O.SUMMARY_FILE)) or {}
+        message = (
+            f"already complete: all {len(input_ids)} rows are in {shown_out} (_SUCCESS present); nothing to do "
+            "(--overwrite starts afresh)"
+        )
+        return RunOutcome(ExitCode.OK, "already_complete", message, summary)
+
+    O.write_json_atomic(
+        out_fs,
+        join(out, O.JOB_FILE),
+        {
+            "run_id": run_id,
+            "job": job.name,
+            "config_file": job.source,
+            "config_hash": job.config_hash,
+            "results_hash": job.results_hash,
+            "started_at": _iso(started),
+        },
+    )
+    O.remove(out_fs, join(out, O.SUCCESS_FILE))
+    O.remove(out_fs, join(out, O.STAGING), recursive=True)
+    log.info(
+        "run %s of job %s: %d input rows in %d file(s); %d already committed in %s; %d to edit",
+        run_id, job.name, len(input_ids), len(manifest.files), len(done), shown_out, todo,
+    )  # fmt: skip
+
+    edit_seconds = 0.0
+    if todo:
+        started_here = ensure_ray(address)
+        check_resources(job, local=started_here)
+        edit_started = time.time()
+        execute(job, manifest, done, run_id, out_fs, out)
+        edit_seconds = time.time() - edit_started
+
+    removed = O.dedupe(out_fs, out)
+    O.remove(out_fs, join(out, O.STAGING), recursive=True)
+    columns = ["id", "status", "error", "run_id", "unet_evals", *[f"seconds_{s}" for s in R.STAGE_SECONDS]]
+    final = O.read_parts(out_fs, out, columns=columns)
+    ids = final.column("id").to_pylist()
+    counts = Counter(ids)
+    missing = input_set - set(counts)
+    doubled = [k for k, n in counts.items() if n > 1]
+    if missing or doubled or len(ids) != len(input_set):
+        raise RuntimeError(
+            f"integrity check failed for {shown_out}: {len(missing)} input id(s) missing "
+            f"(e.g. {sorted(missing)[:3]}), {len(doubled)} duplicated; rerun the job to complete it"
+        )
+    summary = build_summary(
+        job, manifest, final, run_id=run_id, started=started, edit_seconds=edit_seconds,
+        skipped=len(done), duplicates_removed=removed,
+    )  # fmt: skip
+    passed = summary["output"]["failed_fraction"] <= job.failure.max_failed_fraction
+    summary["status"] = "succeeded" if passed else "failed_policy"
+    O.write_json_atomic(out_fs, join(out, O.SUMMARY_FILE), summary)
+    if passed:
+        O.write_bytes_atomic(out_fs, join(out, O.SUCCESS_FILE), (run_id + "\n").encode())
+        message = (
+            f"succeeded: {summary['output']['ok']} ok, {summary['output']['failed']} failed, in {shown_out}"
+        )
+        return RunOutcome(ExitCode.OK, "succeeded", message, summary)
+    message = (
+        f"failed: {summary['output']['failed']} of {summary['output']['rows']} rows failed "
+        f"({summary['output']['failed_fraction']:.1%} > failure.max_failed_fraction "
+        f"{job.failure.max_failed_fraction:.1%}); no _SUCCESS written"
+    )
+    return RunOutcome(ExitCode.POLICY, "failed_policy", message, summary)
+
+
+def execute(
+    job: JobConfig,
+    manifest: ManifestInfo,
+    done: frozenset[str],
+    run_id: str,
+    out_fs: fsspec.AbstractFileSystem,
+    out: str,
+) -> list[O.PartWritten]:
+    """Build and run the Ray Data plan over the rows not in ``done`` (Ray must be initialised)."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from pipeline.stages import EditStage, encode_rows, fetch_rows
+
+    c = job.compute
+    in_fs, _ = filesystem(job.input.paths[0], job.storage)
+    ctx = DataContext.get_current()
+    ctx.max_errored_blocks = 0
+    io = {"num_cpus": c.io_cpus}
+    ds = ray.data.read_parquet(
+        list(manifest.files), filesystem=in_fs, partitioning=None, file_extensions=["parquet"], **io
+    )
+    ds = ds.repartition(target_num_rows_per_block=c.rows_per_block)
+    ds = ds.map_batches(
+        fetch_rows,
+        batch_format="pyarrow",
+        batch_size=None,
+        fn_kwargs={"params": job.params, "images": job.images, "storage": job.storage, "done": done,
+                   "threads": c.fetch_threads},
+        **io,
+    )  # fmt: skip
+    pool = (
+        ActorPoolStrategy(size=c.min_actors)
+        if c.min_actors == c.max_actors
+        else ActorPoolStrategy(min_size=c.min_actors, max_size=c.max_actors)
+    )
+    ds = ds.map_batches(
+        EditStage,
+        batch_format="pyarrow",
+        batch_size=c.batch_size,
+        compute=pool,
+        num_cpus=c.cpus_per_actor,
+        num_gpus=c.gpus_per_actor,
+        fn_constructor_kwargs={"job": job},
+        runtime_env={"env_vars": actor_env()},
+    )
+    ds = ds.map_batches(
+        encode_rows,
+        batch_format="pyarrow",
+        batch_size=None,
+        fn_kwargs={"run_id": run_id, "version": package_version()},
+        **io,
+    )
+    sink = O.make_datasink(out_fs, out, job.output.rows_per_file, run_id)
+    ds.write_datasink(sink, ray_remote_args=io)
+    return sink.written
+
+
+def actor_env() -> dict[str, str]:
+    """Environment of the model actors. OpenMP threads that spin while waiting (libgomp's default)
+    make torch on a busy CPU dozens of times slower (measured on a 2-core machine: 0.25 s against
+    17 s per row of the tiny model with 2 threads while another process used one core); passive
+    waiting costs nothing measurable when the cores are free."""
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+
+def ensure_ray(address: str | None = None) -> bool:
+    """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray sized to this machine.
+    Returns True when a local cluster was started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def check_resources(job: JobConfig, *, local: bool) -> None:
+    """Refuse (local cluster) or warn about (remote cluster, which may autoscale) a plan whose actors
+    leave no CPU for the read and write tasks: Ray Data would wait for ever (Ray issue 44687)."""
+    import ray
+
+    c = job.compute
+    total = ray.cluster_resources()
+    cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
+    need = c.max_actors * c.cpus_per_actor + c.io_cpus
+    problems = []
+    if need > cpus:
+        problems.append(
+            f"compute: {c.max_actors} actor(s) x cpus_per_actor {c.cpus_per_actor} + io_cpus {c.io_cpus} = {need:g} "
+            f"CPUs, but the cluster has {cpus:g}: the read tasks could never be scheduled and Ray Data would "
+            "wait for ever (Ray issue 44687). Use fewer actors, fractional cpus_per_actor or a smaller io_cpus"
+        )
+    if c.gpus_per_actor > 0 and c.min_actors * c.gpus_per_actor > gpus:
+        problems.append(
+            f"compute: {c.min_actors} actor(s) x gpus_per_actor {c.gpus_per_actor} > the cluster's {gpus:g} GPUs"
+        )
+    if problems and local:
+        raise ConfigError(f"{job.source}: " + "; ".join(problems))
+    for p in problems:
+        log.warning("%s (continuing: the cluster may autoscale)", p)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def build_summary(
+    job: JobConfig,
+    manifest: ManifestInfo,
+    final: pa.Table,
+    *,
+    run_id: str,
+    started: float,
+    edit_seconds: float,
+    skipped: int,
+    duplicates_removed: int,
+) -> dict[str, Any]:
+    """The run summary (``_summary.json``): counts, throughput, durations, hashes, versions."""
+    statuses = final.column("status").to_pylist()
+    ok = sum(1 for s in statuses if s == R.OK)
+    rows = len(statuses)
+    mine = final.filter(pc.equal(final.column("run_id"), run_id))
+    mine_ok = sum(1 for s in mine.column("status").to_pylist() if s == R.OK)
+    finished = time.time()
+    seconds = {}
+    for stage in R.STAGE_SECONDS:
+        values = [v for v in mine.column(f"seconds_{stage}").to_pylist() if v is not None]
+        seconds[stage] = {
+            "total": round(sum(values), 3),
+            "mean_per_row": round(sum(values) / len(values), 4) if values else None,
+        }
+    errors = Counter(e for e in final.column("error").to_pylist() if e)
+    import diffedit
+
+    versions = {
+        "diffedit-batch": package_version(),
+        "diffedit": diffedit.__version__,
+        "python": sys.version.split()[0],
+    }
+    for name in ("ray", "torch", "diffusers", "transformers", "pyarrow"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return {
+        "job": job.name,
+        "config_file": job.source,
+        "config_hash": job.config_hash,
+        "results_hash": job.results_hash,
+        "run_id": run_id,
+        "started_at": _iso(started),
+        "finished_at": _iso(finished),
+        "input": {
+            "paths": [redact(p) for p in job.input.paths],
+            "files": len(manifest.files),
+            "rows": manifest.num_rows,
+        },
+        "output": {
+            "path": redact(job.output.path),
+            "rows": rows,
+            "ok": ok,
+            "failed": rows - ok,
+            "failed_fraction": (rows - ok) / rows if rows else 0.0,
+            "max_failed_fraction": job.failure.max_failed_fraction,
+            "parts": len(set(final.column("_file").to_pylist())),
+            "duplicates_removed": duplicates_removed,
+        },
+        "this_run": {
+            "rows_edited": mine.num_rows,
+            "rows_ok": mine_ok,
+            "rows_failed": mine.num_rows - mine_ok,
+            "rows_already_done": skipped,
+            "seconds_total": round(finished - started, 3),
+            "seconds_execute": round(edit_seconds, 3),
+            "rows_per_second": round(mine.num_rows / edit_seconds, 4)
+            if edit_seconds > 0 and mine.num_rows
+            else 0.0,
+            "unet_evals": int(sum(v for v in mine.column("unet_evals").to_pylist() if v)),
+            "seconds_per_stage": seconds,
+        },
+        "errors": dict(errors.most_common(20)),
+        "model": redact(job.model.source),
+        "compute": {k: v for k, v in job.to_dict()["compute"].items()},
+        "versions": versions,
+    }
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """A plain-text table of a summary, for the end of a run."""
+    out, run = summary.get("output", {}), summary.get("this_run", {})
+    lines = [
+        ("status", summary.get("status", "?")),
+        ("output", out.get("path", "?")),
+        ("rows (ok / failed)", f"{out.get('rows', 0)} ({out.get('ok', 0)} / {out.get('failed', 0)})"),
+        (
+            "failed fraction",
+            f"{out.get('failed_fraction', 0):.2%} (max {out.get('max_failed_fraction', 0):.2%})",
+        ),
+        ("edited this run", f"{run.get('rows_edited', 0)} ({run.get('rows_already_done', 0)} already done)"),
+        (
+            "throughput",
+            f"{run.get('rows_per_second', 0):.3f} rows/s over {run.get('seconds_execute', 0):.1f} s",
+        ),
+        ("wall time", f"{run.get('seconds_total', 0):.1f} s"),
+    ]
+    for stage, v in (run.get("seconds_per_stage") or {}).items():
+        if v.get("mean_per_row") is not None:
+            lines.append((f"  {stage}", f"{v['mean_per_row']:.3f} s/row ({v['total']:.1f} s)"))
+    lines += [
+        ("config hash", str(summary.get("config_hash", ""))[:16]),
+        ("run id", summary.get("run_id", "")),
+    ]
+    for error, n in list((summary.get("errors") or {}).items())[:5]:
+        lines.append((f"  {n} x", error[:100]))
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")

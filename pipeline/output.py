@@ -1,0 +1,251 @@
+"""The output folder: atomically committed Parquet parts, the run summary and the ``_SUCCESS`` marker.
+
+Layout of ``output.path``::
+
+    part-<sha256 of the file's ids>.parquet   committed rows (complete files only)
+    _staging/                                 files being written; never read
+    _job.json                                 the run that owns the folder: run id, config hashes
+    _summary.json                             the last run's summary (written before _SUCCESS)
+    _SUCCESS                                  every input id is committed and the failure policy held
+
+Exactly-once, by construction rather than by Ray Data's checkpointing (which, on Ray 2.60, writes data
+files under their final names, so a reader can see a half-written file, and whose checkpoint filter
+actor reserves a whole CPU, which left a resumed run on a 2-core machine waiting for ever):
+
+* each part is written to ``_staging/`` and then renamed into place (a local rename is atomic; on S3 a
+  copy makes the object appear complete or not at all), so a reader never sees a partial file;
+  readers skip ``_``-prefixed names (pyarrow, Spark, Ray and ``datasets`` do by default);
+* a part's name is the hash of its ids, so a retried write task rewrites the same file instead of
+  adding a second copy;
+* before a run, the ids already committed are read (the ``id`` column only) and their rows are dropped
+  from the input, so a rerun after a crash edits only the missing rows;
+* before every commit the writer checks that its run still owns the folder (``_job.json``): the
+  workers of a killed driver, which may live on for a few seconds, stop committing once a new run has
+  started;
+* after the run, ``dedupe`` removes any id committed twice (only possible if two runs raced), before
+  ``_summary.json`` and then ``_SUCCESS`` are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import posixpath
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import rows as R
+from pipeline.storage import join
+
+log = logging.getLogger(__name__)
+
+PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+STAGING, JOB_FILE, SUMMARY_FILE, SUCCESS_FILE = "_staging", "_job.json", "_summary.json", "_SUCCESS"
+
+
+class OwnershipLost(RuntimeError):
+    """Another run took over the output folder: this (orphaned) writer must not commit."""
+
+
+# --------------------------------------------------------------------------- reading state
+
+
+def part_files(fs: fsspec.AbstractFileSystem, out: str) -> list[str]:
+    """The committed part files directly under ``out``, sorted."""
+    if not fs.exists(out):
+        return []
+    names = fs.ls(out, detail=False)
+    return sorted(
+        n for n in names if posixpath.basename(n).startswith(PART_PREFIX) and n.endswith(PART_SUFFIX)
+    )
+
+
+def read_parts(fs: fsspec.AbstractFileSystem, out: str, columns: list[str] | None = None) -> pa.Table:
+    """The committed rows (``columns`` only), with the column ``_file``; empty table if none."""
+    tables = []
+    for path in part_files(fs, out):
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f, columns=columns)
+        tables.append(table.append_column("_file", pa.array([path] * table.num_rows, pa.string())))
+    if not tables:
+        schema = (
+            R.OUTPUT_SCHEMA if columns is None else pa.schema([R.OUTPUT_SCHEMA.field(c) for c in columns])
+        )
+        return schema.append(pa.field("_file", pa.string())).empty_table()
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    """A small JSON file, or None if it does not exist."""
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read().decode())
+    except FileNotFoundError:
+        return None
+
+
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to a hidden temporary name beside ``path``, then rename it to ``path``."""
+    parent = posixpath.dirname(path)
+    tmp = join(parent, f"_tmp.{posixpath.basename(path).lstrip('_')}.{uuid.uuid4().hex}")
+    fs.makedirs(parent, exist_ok=True)
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
+    write_bytes_atomic(fs, path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def remove(fs: fsspec.AbstractFileSystem, path: str, recursive: bool = False) -> None:
+    """Remove ``path`` if it exists."""
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+    except FileNotFoundError:
+        pass
+
+
+def clear_output(fs: fsspec.AbstractFileSystem, out: str) -> int:
+    """Remove what this job writes under ``out`` (parts, staging, markers), nothing else; the number of
+    parts removed."""
+    parts = part_files(fs, out)
+    for path in parts:
+        fs.rm(path)
+    for name in (SUCCESS_FILE, SUMMARY_FILE, JOB_FILE):
+        remove(fs, join(out, name))
+    remove(fs, join(out, STAGING), recursive=True)
+    return len(parts)
+
+
+# --------------------------------------------------------------------------- committing
+
+
+def part_name(ids: Iterable[str]) -> str:
+    """``part-<hash>.parquet``, the hash of the sorted ids: the same rows always get the same name."""
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:32]
+    return f"{PART_PREFIX}{digest}{PART_SUFFIX}"
+
+
+def commit_table(
+    fs: fsspec.AbstractFileSystem, out: str, table: pa.Table, *, run_id: str | None = None
+) -> str:
+    """Write ``table`` (output schema) as one part: to ``_staging/``, then renamed into place.
+
+    With ``run_id``, the commit happens only while ``_job.json`` still names that run
+    (``OwnershipLost`` otherwise). Returns the part's path.
+    """
+    table = table.cast(R.output_schema_with_metadata())
+    name = part_name(table.column("id").to_pylist())
+    staging = join(out, STAGING)
+    tmp = join(staging, f"{name}.{uuid.uuid4().hex}.tmp")
+    fs.makedirs(staging, exist_ok=True)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    with fs.open(tmp, "wb") as f:
+        f.write(buffer.getvalue())
+    if run_id is not None:
+        owner = (read_json(fs, join(out, JOB_FILE)) or {}).get("run_id")
+        if owner != run_id:
+            remove(fs, tmp)
+            raise OwnershipLost(f"output {out} is now owned by run {owner}; run {run_id} stops committing")
+    final = join(out, name)
+    fs.mv(tmp, final)
+    return final
+
+
+@dataclass(frozen=True)
+class PartWritten:
+    """What one write task committed."""
+
+    files: tuple[str, ...]
+    rows: int
+    ok: int
+    failed: int
+
+
+def commit_blocks(
+    fs: fsspec.AbstractFileSystem,
+    out: str,
+    tables: Iterable[pa.Table],
+    rows_per_file: int,
+    run_id: str | None,
+) -> PartWritten:
+    """Commit ``tables`` as parts of at most ``rows_per_file`` rows each."""
+    files, rows, ok = [], 0, 0
+    for table in tables:
+        for start in range(0, table.num_rows, rows_per_file):
+            chunk = table.slice(start, rows_per_file)
+            files.append(commit_table(fs, out, chunk, run_id=run_id))
+            rows += chunk.num_rows
+            ok += sum(1 for s in chunk.column("status").to_pylist() if s == R.OK)
+    return PartWritten(files=tuple(files), rows=rows, ok=ok, failed=rows - ok)
+
+
+def make_datasink(fs: fsspec.AbstractFileSystem, out: str, rows_per_file: int, run_id: str) -> Any:
+    """A Ray Data ``Datasink`` committing every block with ``commit_blocks``."""
+    from ray.data import Datasink
+    from ray.data.block import BlockAccessor
+
+    class CommittingParquetSink(Datasink):
+        """Parquet parts, each committed atomically under a name derived from its ids."""
+
+        def __init__(self) -> None:
+            self.written: list[PartWritten] = []
+
+        def get_name(self) -> str:
+            return "CommitParquet"
+
+        def write(self, blocks: Iterable[Any], ctx: Any) -> PartWritten:
+            tables = (BlockAccessor.for_block(b).to_arrow() for b in blocks)
+            return commit_blocks(fs, out, tables, rows_per_file, run_id)
+
+        def on_write_complete(self, write_result: Any) -> None:
+            self.written = [w for w in write_result.write_returns if w is not None]
+
+    return CommittingParquetSink()
+
+
+# --------------------------------------------------------------------------- repair
+
+
+def dedupe(fs: fsspec.AbstractFileSystem, out: str) -> int:
+    """Remove every second copy of an id (kept: the copy in the first part by name); each affected
+    part is rewritten without those rows (new part committed first, old one removed after). Returns the
+    number of rows removed."""
+    state = read_parts(fs, out, columns=["id"])
+    counts = Counter(state.column("id").to_pylist())
+    dupes = {k for k, n in counts.items() if n > 1}
+    if not dupes:
+        return 0
+    seen: set[str] = set()
+    drop_by_file: dict[str, set[str]] = {}
+    for row_id, path in zip(state.column("id").to_pylist(), state.column("_file").to_pylist(), strict=True):
+        if row_id not in dupes:
+            continue
+        if row_id in seen:
+            drop_by_file.setdefault(path, set()).add(row_id)
+        else:
+            seen.add(row_id)
+    removed = 0
+    for path, drop in sorted(drop_by_file.items()):
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+        keep = pa.array([i not in drop for i in table.column("id").to_pylist()])
+        kept = table.filter(keep)
+        removed += table.num_rows - kept.num_rows
+        if kept.num_rows:
+            commit_table(fs, out, kept)
+        fs.rm(path)
+    log.warning("removed %d duplicate row(s) from %d part(s) of %s", removed, len(drop_by_file), out)
+    return removed

@@ -1,0 +1,130 @@
+"""Row schemas: the working rows between stages and the output rows, plus the Hugging Face metadata.
+
+Output rows (one per input id, see docs/pipeline.md):
+
+* ``id``, ``status`` (``ok`` | ``failed``), ``error`` (null when ok), ``caption``, ``query``;
+* ``input_image``, ``edited_image``, ``mask``: PNG in Hugging Face datasets' Image layout, a struct of
+  ``bytes`` and ``path`` (null on failed rows); the mask is the binary edit mask, 0 or 255;
+* ``width``, ``height`` (the input's size after EXIF orientation), ``mask_area`` (fraction edited);
+* ``seed`` and every effective DiffEdit parameter, one column each (the manifest's override names);
+* ``model`` (the source without credentials), ``model_weights_sha256``, ``diffedit_version``,
+  ``run_id`` (the run that produced the row);
+* ``unet_evals`` and seconds per stage: ``seconds_fetch``, ``seconds_mask``, ``seconds_encode``,
+  ``seconds_decode``, ``seconds_vae``, ``seconds_edit`` (model total), ``seconds_png``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, get_type_hints
+
+import pyarrow as pa
+
+from diffedit.params import EditParams
+
+OK, FAILED = "ok", "failed"
+
+#: Hugging Face datasets' Image storage type.
+IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+IMAGE_COLUMNS = ("input_image", "edited_image", "mask")
+STAGE_SECONDS = ("fetch", "mask", "encode", "decode", "vae", "edit", "png")
+
+
+def _param_fields() -> list[pa.Field]:
+    hints = get_type_hints(EditParams)
+    out = []
+    for name in EditParams.field_names():
+        hint = hints[name]
+        arrow = {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}.get(hint, pa.string())
+        out.append(pa.field(name, arrow))
+    return out
+
+
+PARAM_FIELDS: list[pa.Field] = _param_fields()
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("query", pa.string()),
+        pa.field("input_image", IMAGE_TYPE),
+        pa.field("edited_image", IMAGE_TYPE),
+        pa.field("mask", IMAGE_TYPE),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("mask_area", pa.float64()),
+        pa.field("seed", pa.int64()),
+        *PARAM_FIELDS,
+        pa.field("model", pa.string()),
+        pa.field("model_weights_sha256", pa.string()),
+        pa.field("diffedit_version", pa.string()),
+        pa.field("run_id", pa.string()),
+        pa.field("unet_evals", pa.int64()),
+        *[pa.field(f"seconds_{s}", pa.float64()) for s in STAGE_SECONDS],
+    ]
+)
+
+#: Working rows after the fetch stage (input to the model stage).
+FETCHED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("status", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("query", pa.string()),
+        pa.field("seed", pa.int64()),
+        *PARAM_FIELDS,
+        pa.field("input_path", pa.string()),
+        pa.field("pixels", pa.binary()),  # raw RGB, row-major, width x height x 3
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("seconds_fetch", pa.float64()),
+    ]
+)
+
+#: Working rows after the model stage (input to the encode stage).
+EDITED_SCHEMA = pa.schema(
+    [
+        *[f for f in FETCHED_SCHEMA],
+        pa.field("edited_pixels", pa.binary()),  # raw RGB at width x height
+        pa.field("mask_pixels", pa.binary()),  # raw L (0/255) at width x height
+        pa.field("mask_area", pa.float64()),
+        pa.field("model", pa.string()),
+        pa.field("model_weights_sha256", pa.string()),
+        pa.field("unet_evals", pa.int64()),
+        *[pa.field(f"seconds_{s}", pa.float64()) for s in STAGE_SECONDS if s not in ("fetch", "png")],
+    ]
+)
+
+
+def table_from_rows(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """A table of ``schema`` from row dicts (missing keys are null)."""
+    return pa.Table.from_pylist(
+        [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
+    )
+
+
+def huggingface_features(schema: pa.Schema = OUTPUT_SCHEMA) -> dict[str, Any]:
+    """The ``datasets`` Features of the output, so that ``datasets`` shows the image columns as images."""
+    dtypes = {
+        pa.string(): "string",
+        pa.int64(): "int64",
+        pa.int32(): "int32",
+        pa.float64(): "float64",
+        pa.bool_(): "bool",
+    }
+    features: dict[str, Any] = {}
+    for f in schema:
+        if f.type == IMAGE_TYPE:
+            features[f.name] = {"_type": "Image"}
+        else:
+            features[f.name] = {"dtype": dtypes[f.type], "_type": "Value"}
+    return features
+
+
+def output_schema_with_metadata() -> pa.Schema:
+    """``OUTPUT_SCHEMA`` carrying the ``huggingface`` metadata key that ``datasets`` reads."""
+    meta = {"info": {"features": huggingface_features()}}
+    return OUTPUT_SCHEMA.with_metadata({b"huggingface": json.dumps(meta).encode()})

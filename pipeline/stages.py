@@ -1,0 +1,232 @@
+"""The three per-row stages of the job, as functions over pyarrow tables (Ray Data batches).
+
+1. ``fetch_rows`` (CPU tasks): drops rows already committed by an earlier run, checks each row's text,
+   seed and parameter overrides, fetches and decodes its image (``pipeline.images``); a bad row becomes
+   ``failed`` with its error and goes on through the other stages untouched.
+2. ``EditStage`` (actors): holds the model and a ``DiffEditor`` resident and edits the ``ok`` rows.
+3. ``encode_rows`` (CPU tasks): PNG-encodes the input, the edit and the mask into the output schema.
+
+Nothing here imports Ray: the stages are plain callables, tested directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from diffedit.params import EditParams
+from pipeline import rows as R
+from pipeline.config import ImagesConfig, JobConfig, StorageConfig
+from pipeline.images import ImageError, encode_png, load_row_image
+from pipeline.manifest import IMAGE, IMAGE_BYTES, MAX_SEED, OVERRIDE_COLUMNS, default_seed
+from pipeline.storage import redact, scheme_of, storage_options
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- 1. fetch
+
+
+def fetch_rows(
+    batch: pa.Table,
+    *,
+    params: EditParams,
+    images: ImagesConfig,
+    storage: StorageConfig,
+    done: Collection[str] = frozenset(),
+    threads: int = 8,
+) -> pa.Table:
+    """Manifest rows -> working rows (``rows.FETCHED_SCHEMA``); rows whose id is in ``done`` are dropped."""
+    records = [r for r in batch.to_pylist() if r["id"] not in done]
+    if not records:
+        return R.FETCHED_SCHEMA.empty_table()
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(records)))) as pool:
+        out = list(pool.map(lambda r: prepare_row(r, params, images, storage), records))
+    return R.table_from_rows(out, R.FETCHED_SCHEMA)
+
+
+def prepare_row(
+    record: dict[str, Any], params: EditParams, images: ImagesConfig, storage: StorageConfig
+) -> dict[str, Any]:
+    """One manifest row -> one working row, ``ok`` with its decoded pixels or ``failed`` with an error."""
+    start = time.perf_counter()
+    row_id = record["id"]
+    uri = record.get(IMAGE)
+    row: dict[str, Any] = {
+        "id": row_id,
+        "status": R.OK,
+        "error": None,
+        "caption": record.get("caption") or "",
+        "query": record.get("query"),
+        "input_path": redact(uri) if isinstance(uri, str) and uri else None,
+    }
+    try:
+        effective = row_params(record, params)
+        row.update(effective.to_dict())
+        seed = record.get("seed")
+        seed = default_seed(row_id) if seed is None else int(seed)
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**63 - 1], got {seed}")
+        row["seed"] = seed
+        query = record.get("query")
+        if query is None or not str(query).strip():
+            raise ValueError("query (the edit text) is empty")
+        decoded = load_row_image(uri, record.get(IMAGE_BYTES), images, storage)
+        row.update(pixels=decoded.image.tobytes(), width=decoded.width, height=decoded.height)
+    except (ImageError, ValueError, TypeError) as exc:
+        row.update(status=R.FAILED, error=str(exc))
+    row["seconds_fetch"] = time.perf_counter() - start
+    return row
+
+
+def row_params(record: dict[str, Any], params: EditParams) -> EditParams:
+    """The job's parameters with this row's non-null override columns applied (strictly checked)."""
+    overrides = {k: _plain(record[k]) for k in OVERRIDE_COLUMNS if record.get(k) is not None}
+    if not overrides:
+        return params
+    try:
+        return EditParams.from_dict(overrides, source="parameter override", base=params)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python scalars (EditParams checks types strictly)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# --------------------------------------------------------------------------- 2. edit
+
+
+class EditStage:
+    """The Ray Data callable class of the model stage: one resident ``DiffEditor`` per actor."""
+
+    def __init__(self, job: JobConfig) -> None:
+        import torch
+
+        from diffedit.editor import DiffEditor
+        from diffedit.loading import load_bundle
+
+        compute = job.compute
+        threads = compute.torch_threads or (
+            max(1, (os.cpu_count() or 1) // compute.max_actors)
+            if compute.device == "cpu"
+            else max(1, int(compute.cpus_per_actor))
+        )
+        torch.set_num_threads(threads)
+        source = job.model.source
+        options = storage_options(scheme_of(source), job.storage) if "://" in source else None
+        start = time.perf_counter()
+        self.bundle = load_bundle(
+            source,
+            device=compute.device,
+            dtype=compute.dtype,
+            revision=job.model.revision,
+            cache_dir=job.model.cache_dir,
+            storage_options=options,
+        )
+        self.editor = DiffEditor(self.bundle, job.params, max_batch=compute.max_batch)
+        self.model = redact(self.bundle.source)
+        log.info(
+            "model %s loaded in %.1f s (torch threads: %d)", self.model, time.perf_counter() - start, threads
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return edit_rows(batch, self.editor, self.model, self.bundle.weights_hash)
+
+
+def edit_rows(batch: pa.Table, editor: Any, model: str, weights_hash: str) -> pa.Table:
+    """Edit the ``ok`` rows of a working batch with ``editor``; ``failed`` rows pass through.
+
+    A request the editor refuses fails its row. If the batch raises anyway, each row is retried alone
+    so that one bad row cannot fail its batch-mates (a row's result does not depend on its batch).
+    """
+    from diffedit.editor import EditRequest
+
+    records = batch.to_pylist()
+    todo: list[tuple[dict[str, Any], Any]] = []
+    for row in records:
+        row.update(model=model, model_weights_sha256=weights_hash or None)
+        if row["status"] != R.OK:
+            continue
+        try:
+            request = EditRequest(
+                image=Image.frombytes("RGB", (row["width"], row["height"]), row["pixels"]),
+                query=row["query"],
+                caption=row["caption"] or "",
+                seed=int(row["seed"]),
+                params=EditParams.from_dict(
+                    {k: row[k] for k in EditParams.field_names()}, source=f"row {row['id']}"
+                ),
+                id=row["id"],
+            )
+            editor.validate(request)
+        except (TypeError, ValueError) as exc:
+            row.update(status=R.FAILED, error=str(exc))
+            continue
+        todo.append((row, request))
+    if todo:
+        try:
+            results = editor.edit([req for _, req in todo])
+            pairs = list(zip([row for row, _ in todo], results, strict=True))
+        except Exception as exc:
+            log.warning(
+                "batch of %d rows failed (%s: %s); retrying row by row", len(todo), type(exc).__name__, exc
+            )
+            pairs = []
+            for row, request in todo:
+                try:
+                    pairs.append((row, editor.edit([request])[0]))
+                except Exception as row_exc:
+                    row.update(status=R.FAILED, error=f"edit failed: {type(row_exc).__name__}: {row_exc}")
+        for row, result in pairs:
+            c = result.counters
+            row.update(
+                edited_pixels=result.image.convert("RGB").tobytes(),
+                mask_pixels=result.mask_binary.convert("L").tobytes(),
+                mask_area=float(result.mask_area),
+                unet_evals=int(c.get("unet_evals", 0)),
+                seconds_mask=c.get("seconds_mask"),
+                seconds_encode=c.get("seconds_encode"),
+                seconds_decode=c.get("seconds_decode"),
+                seconds_vae=c.get("seconds_vae"),
+                seconds_edit=c.get("seconds_total"),
+            )
+    return R.table_from_rows(records, R.EDITED_SCHEMA)
+
+
+# --------------------------------------------------------------------------- 3. encode
+
+
+def encode_rows(batch: pa.Table, *, run_id: str, version: str) -> pa.Table:
+    """Working rows -> output rows (``rows.OUTPUT_SCHEMA``): PNG in Hugging Face's Image layout."""
+    out = []
+    for row in batch.to_pylist():
+        start = time.perf_counter()
+        size = (row["width"], row["height"]) if row["width"] else None
+        record = {k: row.get(k) for k in R.OUTPUT_SCHEMA.names}
+        record.update(run_id=run_id, diffedit_version=version)
+        if row["status"] == R.OK:
+            input_png = encode_png(Image.frombytes("RGB", size, row["pixels"]))
+            record["input_image"] = {"bytes": input_png, "path": row["input_path"]}
+            record["edited_image"] = {
+                "bytes": encode_png(Image.frombytes("RGB", size, row["edited_pixels"])),
+                "path": None,
+            }
+            record["mask"] = {
+                "bytes": encode_png(Image.frombytes("L", size, row["mask_pixels"])),
+                "path": None,
+            }
+        else:
+            record.update(input_image=None, edited_image=None, mask=None, mask_area=None)
+        record["seconds_png"] = time.perf_counter() - start
+        out.append(record)
+    return R.table_from_rows(out, R.OUTPUT_SCHEMA)

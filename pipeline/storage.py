@@ -1,0 +1,95 @@
+"""Filesystems for URIs: local paths, ``file://``, ``s3://`` (S3-compatible endpoints), ``gs://``,
+``http(s)://``, all through fsspec, with the job's storage options.
+
+Credentials are never passed here: s3fs/botocore read them from the environment (or an instance
+role), so they never appear in a config, a log line or the output's metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import fsspec
+
+from pipeline.config import StorageConfig
+
+#: Schemes the job can read and write (reading images: all; manifests and outputs: all but http).
+REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "http", "https")
+
+
+def scheme_of(uri: str) -> str:
+    """``s3://b/k`` -> ``s3``; a local path (or ``file://``) -> ``file``."""
+    if "://" not in uri:
+        return "file"
+    return uri.split("://", 1)[0].lower()
+
+
+def is_local(uri: str) -> bool:
+    return scheme_of(uri) in ("file", "local")
+
+
+def normalize_uri(uri: str) -> str:
+    """A canonical form used for prefix checks and the output: local paths become absolute paths
+    (``..`` resolved), ``file://`` is dropped, and remote keys are normalised (``a/../b`` -> ``b``)."""
+    scheme = scheme_of(uri)
+    if scheme in ("file", "local"):
+        path = uri.split("://", 1)[1] if "://" in uri else uri
+        return os.path.abspath(os.path.expanduser(path))
+    parts = urlsplit(uri)
+    path = parts.path
+    if path:
+        trailing = path.endswith("/")
+        path = posixpath.normpath(path)
+        if path == ".":
+            path = ""
+        if trailing and not path.endswith("/"):
+            path += "/"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def storage_options(scheme: str, storage: StorageConfig) -> dict[str, Any]:
+    """fsspec keyword arguments for ``scheme``: endpoint, region and anonymous access for S3."""
+    if scheme in ("s3", "s3a"):
+        options: dict[str, Any] = {}
+        if storage.endpoint_url:
+            options["endpoint_url"] = storage.endpoint_url
+        if storage.region:
+            options["client_kwargs"] = {"region_name": storage.region}
+        if storage.anonymous:
+            options["anon"] = True
+        return options
+    if scheme in ("gs", "gcs") and storage.anonymous:
+        return {"token": "anon"}
+    return {}
+
+
+def filesystem(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``uri`` and the path to use with it (no scheme; absolute if local)."""
+    scheme = scheme_of(uri)
+    if scheme in ("file", "local"):
+        return fsspec.filesystem("file"), normalize_uri(uri)
+    try:
+        fs = fsspec.filesystem("s3" if scheme == "s3a" else scheme, **storage_options(scheme, storage))
+    except (ImportError, ValueError) as exc:
+        raise ValueError(f"cannot open {scheme}:// URIs ({uri}): {exc}") from None
+    return fs, fs._strip_protocol(uri)
+
+
+def join(base: str, *names: str) -> str:
+    """Join path parts with ``/`` (for fsspec paths, local or remote)."""
+    out = base.rstrip("/")
+    for name in names:
+        out = f"{out}/{name.strip('/')}"
+    return out
+
+
+def redact(uri: str) -> str:
+    """``uri`` without user info or query string (``s3://user:pw@b/k?sig=...`` -> ``s3://b/k``)."""
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
