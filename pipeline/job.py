@@ -117,7 +117,7 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
         )
     done = frozenset(committed)
     todo = len(input_set - done)
-    if todo == 0 and out_fs.exists(join(out, O.SUCCESS_FILE)):
+    if todo == 0 and O.exists(out_fs, join(out, O.SUCCESS_FILE)):
         summary = O.read_json(out_fs, join(out, O.SUMMARY_FILE)) or {}
         message = (
             f"already complete: all {len(input_ids)} rows are in {shown_out} (_SUCCESS present); nothing to do "

@@ -60,7 +60,8 @@ class OwnershipLost(RuntimeError):
 
 
 def part_files(fs: fsspec.AbstractFileSystem, out: str) -> list[str]:
-    """The committed part files directly under ``out``, sorted."""
+    """The committed part files directly under ``out``, sorted (listing afresh: s3fs caches listings)."""
+    fs.invalidate_cache(out)
     if not fs.exists(out):
         return []
     names = fs.ls(out, detail=False)
@@ -107,8 +108,15 @@ def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> Non
     write_bytes_atomic(fs, path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether ``path`` exists now (not in a cached listing)."""
+    fs.invalidate_cache(path)
+    return fs.exists(path)
+
+
 def remove(fs: fsspec.AbstractFileSystem, path: str, recursive: bool = False) -> None:
     """Remove ``path`` if it exists."""
+    fs.invalidate_cache(path)
     try:
         if fs.exists(path):
             fs.rm(path, recursive=recursive)

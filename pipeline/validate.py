@@ -118,7 +118,7 @@ def validate_job(job: JobConfig) -> list[str]:
     lines.append(f"model: {check_model(job)}")
     out_fs, out = filesystem(job.output.path, job.storage)
     committed = O.read_parts(out_fs, out, columns=["id"]).column("id").to_pylist()
-    done = out_fs.exists(f"{out.rstrip('/')}/{O.SUCCESS_FILE}")
+    done = O.exists(out_fs, f"{out.rstrip('/')}/{O.SUCCESS_FILE}")
     prior = O.read_json(out_fs, f"{out.rstrip('/')}/{O.JOB_FILE}")
     state = f"output {redact(job.output.path)}: "
     if not committed:

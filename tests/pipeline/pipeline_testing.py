@@ -1,0 +1,69 @@
+"""Helpers of the batch-job tests (imported by the tests and by conftest.py)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Small, fast DiffEdit parameters for the tiny model (native size 32 px).
+FAST_PARAMS = {"num_inference_steps": 8, "num_mask_draws": 2}
+
+
+def png_bytes(seed: int = 0, size: tuple[int, int] = (32, 32), mode: str = "RGB", fmt: str = "PNG", **save: Any) -> bytes:
+    """An encoded image of uniform noise."""
+    rng = np.random.default_rng(seed)
+    a = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    image = Image.fromarray(a, "RGB").convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def write_manifest(path: Path | str, rows: list[dict[str, Any]], schema: pa.Schema | None = None, fs: Any = None) -> None:
+    """Write ``rows`` as a Parquet manifest (local path, or fsspec path with ``fs``)."""
+    table = pa.Table.from_pylist(rows, schema=schema)
+    if fs is None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, str(path))
+    else:
+        with fs.open(str(path), "wb") as f:
+            pq.write_table(table, f)
+
+
+def write_job(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def s3fs_for(s3: dict) -> Any:
+    import s3fs
+
+    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3["endpoint_url"]}, key="testing", secret="testing")
+
+
+def upload_dir(fs: Any, local: Path, remote: str) -> None:
+    """Copy a local folder to ``remote`` (bucket/prefix) file by file."""
+    for file in sorted(local.rglob("*")):
+        if file.is_file():
+            fs.pipe(f"{remote}/{file.relative_to(local).as_posix()}", file.read_bytes())
+
+
+def read_output(path: Path | str, fs: Any = None) -> pa.Table:
+    """Every committed part of an output folder, read with plain pyarrow (no Ray)."""
+    if fs is None:
+        files = sorted(str(p) for p in Path(path).glob("part-*.parquet"))
+        return pa.concat_tables([pq.read_table(f) for f in files]) if files else pa.table({})
+    files = sorted(f for f in fs.ls(str(path), detail=False) if f.rsplit("/", 1)[-1].startswith("part-"))
+    tables = []
+    for f in files:
+        with fs.open(f, "rb") as h:
+            tables.append(pq.read_table(h))
+    return pa.concat_tables(tables) if tables else pa.table({})

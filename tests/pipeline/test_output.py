@@ -1,0 +1,81 @@
+"""The output folder: atomic, content-named parts; ownership; dedupe; Hugging Face metadata."""
+
+from __future__ import annotations
+
+import json
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import output as O
+from pipeline import rows as R
+
+
+def table(ids: list[str], status: str = R.OK) -> pa.Table:
+    return R.table_from_rows([{"id": i, "status": status, "run_id": "r"} for i in ids], R.OUTPUT_SCHEMA)
+
+
+@pytest.fixture
+def fs():
+    return fsspec.filesystem("file")
+
+
+def test_parts_are_named_by_their_ids_and_rewrites_are_idempotent(fs, tmp_path):
+    out = str(tmp_path / "out")
+    first = O.commit_table(fs, out, table(["b", "a"]))
+    again = O.commit_table(fs, out, table(["a", "b"]))
+    assert first == again and O.part_files(fs, out) == [first]
+    assert first.endswith(O.part_name(["a", "b"]))
+    assert fs.ls(f"{out}/{O.STAGING}", detail=False) == []  # nothing left behind
+    assert pq.read_table(first).column("id").to_pylist() == ["a", "b"]  # the retry replaced it
+
+
+def test_a_writer_that_lost_ownership_commits_nothing(fs, tmp_path):
+    out = str(tmp_path / "out")
+    O.write_json_atomic(fs, f"{out}/{O.JOB_FILE}", {"run_id": "new"})
+    with pytest.raises(O.OwnershipLost, match="owned by run new"):
+        O.commit_table(fs, out, table(["a"]), run_id="old")
+    assert O.part_files(fs, out) == []
+    O.commit_table(fs, out, table(["a"]), run_id="new")
+    assert len(O.part_files(fs, out)) == 1
+
+
+def test_commit_blocks_splits_by_rows_per_file(fs, tmp_path):
+    out = str(tmp_path / "out")
+    written = O.commit_blocks(fs, out, [table(["a", "b", "c"]), table(["d"], R.FAILED)], rows_per_file=2, run_id=None)
+    assert (written.rows, written.ok, written.failed, len(written.files)) == (4, 3, 1, 3)
+    assert sorted(O.read_parts(fs, out, ["id"]).column("id").to_pylist()) == ["a", "b", "c", "d"]
+
+
+def test_dedupe_keeps_one_copy_of_each_id(fs, tmp_path):
+    out = str(tmp_path / "out")
+    O.commit_table(fs, out, table(["a", "b"]))
+    O.commit_table(fs, out, table(["b", "c"]))
+    O.commit_table(fs, out, table(["c"]))
+    assert O.dedupe(fs, out) == 2
+    ids = O.read_parts(fs, out, ["id"]).column("id").to_pylist()
+    assert sorted(ids) == ["a", "b", "c"]
+    assert O.dedupe(fs, out) == 0
+
+
+def test_clear_output_removes_only_what_the_job_wrote(fs, tmp_path):
+    out = tmp_path / "out"
+    O.commit_table(fs, str(out), table(["a"]))
+    for name in (O.SUCCESS_FILE, O.SUMMARY_FILE, O.JOB_FILE, "notes.txt"):
+        (out / name).write_text("x")
+    assert O.clear_output(fs, str(out)) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_parts_carry_huggingface_image_features(fs, tmp_path):
+    out = str(tmp_path / "out")
+    path = O.commit_table(fs, out, table(["a"]))
+    schema = pq.read_schema(path)
+    features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+    for column in R.IMAGE_COLUMNS:
+        assert features[column] == {"_type": "Image"}
+        assert schema.field(column).type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    assert features["id"] == {"dtype": "string", "_type": "Value"}
+    assert set(features) == set(R.OUTPUT_SCHEMA.names)
