@@ -265,6 +265,11 @@ def resolve_preset(name: Any, job_path: Path, configs_dir: str | Path | None) ->
 _VAR = re.compile(r"\$(\$?)\{([^}]*)\}")
 
 
+class EnvValue(str):
+    """A string that was exactly one ``${VAR}`` reference: where the config expects a number or a
+    boolean, it is read as a YAML scalar (``${MAX_FAILED}`` = "0.1" -> 0.1)."""
+
+
 def interpolate(data: Any, env: Mapping[str, str], source: str, where: str = "") -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of ``data`` from ``env``."""
     if isinstance(data, dict):
@@ -290,7 +295,9 @@ def interpolate(data: Any, env: Mapping[str, str], source: str, where: str = "")
             )
         return value
 
-    return _VAR.sub(substitute, data)
+    whole = _VAR.fullmatch(data)
+    result = _VAR.sub(substitute, data)
+    return EnvValue(result) if whole and not whole.group(1) else result
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -323,9 +330,28 @@ def check_document(data: Mapping[str, Any], source: str, *, allow_presets: bool)
         if not isinstance(params, Mapping):
             raise ConfigError(f"{source}: params: must be a mapping, got {type(params).__name__}")
         try:
-            EditParams.from_dict(params, source=f"{source}: params")
+            EditParams.from_dict(params_values(params), source=f"{source}: params")
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
+
+
+def params_values(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with whole-``${VAR}`` values read as numbers/booleans where the field is one."""
+    hints = get_type_hints(EditParams)
+    out = {}
+    for key, value in params.items():
+        hint = hints.get(key)
+        if isinstance(value, EnvValue) and hint in (bool, int, float):
+            value = coerce(value, hint, key) if _parses(value) else str(value)
+        out[key] = value
+    return out
+
+
+def _parses(value: str) -> bool:
+    try:
+        return isinstance(yaml.safe_load(value), (bool, int, float))
+    except yaml.YAMLError:
+        return False
 
 
 def _check_section(data: Any, cls: type, section: str, source: str) -> dict[str, Any]:
@@ -359,7 +385,7 @@ def build_job(data: Mapping[str, Any], *, source: str = "<dict>", presets: tuple
                 + (" (set it here or in a preset)" if section == "model" else "")
             )
         kwargs[section] = cls(**values)
-    kwargs["params"] = EditParams.from_dict(data.get("params", {}), source=f"{source}: params")
+    kwargs["params"] = EditParams.from_dict(params_values(data.get("params", {})), source=f"{source}: params")
     if "name" in data:
         kwargs["name"] = data["name"]
     job = JobConfig(**kwargs, source=source, presets=presets)
@@ -441,6 +467,12 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{where}: expected {_describe(hint)}, got {_type_name(value)} {value!r}")
+    if isinstance(value, EnvValue) and hint in (bool, int, float):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = str(value)
+        value = parsed if isinstance(parsed, (bool, int, float)) else str(value)
     if origin is Literal:
         choices = get_args(hint)
         if value not in choices:

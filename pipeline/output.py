@@ -87,6 +87,7 @@ def read_parts(fs: fsspec.AbstractFileSystem, out: str, columns: list[str] | Non
 
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
     """A small JSON file, or None if it does not exist."""
+    fs.invalidate_cache(path)
     try:
         with fs.open(path, "rb") as f:
             return json.loads(f.read().decode())

@@ -36,5 +36,3 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def make_image() -> Callable[..., bytes]:
     return png_bytes
-
-

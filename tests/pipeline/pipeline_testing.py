@@ -17,7 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 FAST_PARAMS = {"num_inference_steps": 8, "num_mask_draws": 2}
 
 
-def png_bytes(seed: int = 0, size: tuple[int, int] = (32, 32), mode: str = "RGB", fmt: str = "PNG", **save: Any) -> bytes:
+def png_bytes(
+    seed: int = 0, size: tuple[int, int] = (32, 32), mode: str = "RGB", fmt: str = "PNG", **save: Any
+) -> bytes:
     """An encoded image of uniform noise."""
     rng = np.random.default_rng(seed)
     a = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
@@ -27,7 +29,9 @@ def png_bytes(seed: int = 0, size: tuple[int, int] = (32, 32), mode: str = "RGB"
     return buffer.getvalue()
 
 
-def write_manifest(path: Path | str, rows: list[dict[str, Any]], schema: pa.Schema | None = None, fs: Any = None) -> None:
+def write_manifest(
+    path: Path | str, rows: list[dict[str, Any]], schema: pa.Schema | None = None, fs: Any = None
+) -> None:
     """Write ``rows`` as a Parquet manifest (local path, or fsspec path with ``fs``)."""
     table = pa.Table.from_pylist(rows, schema=schema)
     if fs is None:
@@ -46,7 +50,9 @@ def write_job(path: Path, text: str) -> Path:
 def s3fs_for(s3: dict) -> Any:
     import s3fs
 
-    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3["endpoint_url"]}, key="testing", secret="testing")
+    return s3fs.S3FileSystem(
+        client_kwargs={"endpoint_url": s3["endpoint_url"]}, key="testing", secret="testing"
+    )
 
 
 def upload_dir(fs: Any, local: Path, remote: str) -> None:

@@ -80,7 +80,9 @@ def test_credentials_are_refused(tmp_path):
 def test_presets_merge_in_order_and_the_job_wins(tmp_path):
     configs = tmp_path / "configs"
     (configs / "compute").mkdir(parents=True)
-    (configs / "compute" / "big.yaml").write_text("compute: {batch_size: 32, max_batch: 64}\nparams: {guidance_scale: 3}\n")
+    (configs / "compute" / "big.yaml").write_text(
+        "compute: {batch_size: 32, max_batch: 64}\nparams: {guidance_scale: 3}\n"
+    )
     (configs / "compute" / "bad.yaml").write_text("compute: {batch_size: many}\n")
     path = job_file(tmp_path, MINIMAL + "presets: [compute/big]\ncompute: {batch_size: 4}\n")
     job = load_job(path, env={}, configs_dir=configs)
@@ -100,6 +102,16 @@ def test_interpolation_from_the_environment(tmp_path):
     with pytest.raises(ConfigError, match=r"job.yaml: output.path: environment variable DS is not set"):
         load_job(job_file(tmp_path, text), env={})
     assert interpolate("cost $${X}", {}, "f") == "cost ${X}"
+    typed = (
+        'failure: {max_failed_fraction: "${F}"}\nparams: {guidance_scale: "${G}", negative_prompt: "${G}"}\n'
+    )
+    job = load_job(job_file(tmp_path, MINIMAL + typed, "typed.yaml"), env={"F": "0.25", "G": "3"})
+    assert job.failure.max_failed_fraction == 0.25 and job.params.guidance_scale == 3.0
+    assert job.params.negative_prompt == "3"
+    with pytest.raises(
+        ConfigError, match=r"failure.max_failed_fraction: expected a number, got string 'lots'"
+    ):
+        load_job(job_file(tmp_path, MINIMAL + typed, "typed.yaml"), env={"F": "lots", "G": "3"})
     assert interpolate({"a": ["${A}"]}, {"A": "1"}, "f") == {"a": ["1"]}
 
 

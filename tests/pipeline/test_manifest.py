@@ -13,7 +13,10 @@ LOCAL = StorageConfig()
 
 
 def rows(prefix: str, n: int) -> list[dict]:
-    return [{"id": f"{prefix}{i}", "image": f"s3://b/{i}.png", "caption": "", "query": "a red cat"} for i in range(n)]
+    return [
+        {"id": f"{prefix}{i}", "image": f"s3://b/{i}.png", "caption": "", "query": "a red cat"}
+        for i in range(n)
+    ]
 
 
 def test_files_globs_prefixes_and_hive_folders(tmp_path):
@@ -23,7 +26,10 @@ def test_files_globs_prefixes_and_hive_folders(tmp_path):
     write_manifest(tmp_path / "m" / ".hidden.parquet", rows("y", 1))  # skipped
     (tmp_path / "m" / "_SUCCESS").write_text("")
     _, files = resolve_files([str(tmp_path / "m")], LOCAL)
-    assert [f.split("/m/")[1] for f in files] == ["ds=2024-01-01/part-0.parquet", "ds=2024-01-02/part-0.parquet"]
+    assert [f.split("/m/")[1] for f in files] == [
+        "ds=2024-01-01/part-0.parquet",
+        "ds=2024-01-02/part-0.parquet",
+    ]
     info = inspect_manifest([str(tmp_path / "m")], LOCAL)
     assert info.num_rows == 5 and sorted(info.ids.to_pylist()) == ["a0", "a1", "a2", "b0", "b1"]
     info = inspect_manifest([str(tmp_path / "m" / "ds=*" / "*.parquet")], LOCAL)
@@ -64,11 +70,16 @@ def test_schema_problems():
     assert any("needs an 'image' (URI) or 'image_bytes'" in p for p in problems)
     assert any("'num_mask_draws' must be integer" in p for p in problems)
     assert any("'paste_background' must be boolean" in p for p in problems)
-    assert any("required column 'query'" in p for p in check_schema(pa.schema([("id", pa.string()), ("image", pa.string())]), "f"))
+    assert any(
+        "required column 'query'" in p
+        for p in check_schema(pa.schema([("id", pa.string()), ("image", pa.string())]), "f")
+    )
 
 
 def test_ignored_columns_are_reported(tmp_path):
-    write_manifest(tmp_path / "a.parquet", [{"id": "a", "image_bytes": png_bytes(), "query": "q", "note": "x"}])
+    write_manifest(
+        tmp_path / "a.parquet", [{"id": "a", "image_bytes": png_bytes(), "query": "q", "note": "x"}]
+    )
     info = inspect_manifest([str(tmp_path / "a.parquet")], LOCAL)
     assert info.ignored_columns == ("note",)
     assert info.columns == ("id", "image_bytes", "query")

@@ -44,7 +44,9 @@ def test_a_writer_that_lost_ownership_commits_nothing(fs, tmp_path):
 
 def test_commit_blocks_splits_by_rows_per_file(fs, tmp_path):
     out = str(tmp_path / "out")
-    written = O.commit_blocks(fs, out, [table(["a", "b", "c"]), table(["d"], R.FAILED)], rows_per_file=2, run_id=None)
+    written = O.commit_blocks(
+        fs, out, [table(["a", "b", "c"]), table(["d"], R.FAILED)], rows_per_file=2, run_id=None
+    )
     assert (written.rows, written.ok, written.failed, len(written.files)) == (4, 3, 1, 3)
     assert sorted(O.read_parts(fs, out, ["id"]).column("id").to_pylist()) == ["a", "b", "c", "d"]
 

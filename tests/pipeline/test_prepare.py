@@ -65,7 +65,17 @@ def test_prepare_coco_command(tmp_path):
     captions = tmp_path / "captions.json"
     captions.write_text(json.dumps(COCO))
     result = CliRunner().invoke(
-        app, ["prepare", "coco-recolor", "--captions", str(captions), "--images", "s3://b/coco/", "--out", str(tmp_path / "m")]
+        app,
+        [
+            "prepare",
+            "coco-recolor",
+            "--captions",
+            str(captions),
+            "--images",
+            "s3://b/coco/",
+            "--out",
+            str(tmp_path / "m"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "9 captions of 4 images: 4 with a colour word, 5 without (left out); wrote 3 rows" in result.output

@@ -40,7 +40,9 @@ def manifest_batch() -> pa.Table:
 
 @pytest.fixture(scope="module")
 def fetched() -> pa.Table:
-    return fetch_rows(manifest_batch(), params=PARAMS, images=ImagesConfig(), storage=StorageConfig(), done={"done"})
+    return fetch_rows(
+        manifest_batch(), params=PARAMS, images=ImagesConfig(), storage=StorageConfig(), done={"done"}
+    )
 
 
 def test_fetch_checks_rows_and_drops_committed_ones(fetched):
@@ -48,7 +50,9 @@ def test_fetch_checks_rows_and_drops_committed_ones(fetched):
     assert list(rows) == ["ok1", "ok2", "noquery", "badparam", "badseed"]
     assert fetched.schema == R.FETCHED_SCHEMA
     assert rows["ok1"]["status"] == R.OK and (rows["ok1"]["width"], rows["ok1"]["height"]) == (40, 24)
-    assert rows["ok1"]["seed"] == default_seed("ok1") and rows["ok1"]["guidance_scale"] == PARAMS.guidance_scale
+    assert (
+        rows["ok1"]["seed"] == default_seed("ok1") and rows["ok1"]["guidance_scale"] == PARAMS.guidance_scale
+    )
     assert rows["ok2"]["seed"] == 7 and rows["ok2"]["guidance_scale"] == 2.0 and rows["ok2"]["caption"] == ""
     assert rows["noquery"]["error"] == "query (the edit text) is empty"
     assert "num_mask_draws must be >= 1" in rows["badparam"]["error"]
