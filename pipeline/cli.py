@@ -38,12 +38,13 @@ def main(
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logger = logging.getLogger("pipeline")
     logger.setLevel(level)
-    if not any(getattr(h, "_diffedit", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler._diffedit = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
+    for old in [h for h in logger.handlers if getattr(h, "_diffedit", False)]:
+        logger.removeHandler(old)  # a previous invocation's stream (in-process runners) may be closed
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler._diffedit = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False
 
 
 def _fail(code: ExitCode, message: str) -> typer.Exit:

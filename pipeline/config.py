@@ -199,6 +199,38 @@ class JobConfig:
         return _sha256_json(key)
 
 
+def with_absolute_paths(job: JobConfig, cwd: str | None = None) -> JobConfig:
+    """``job`` with its relative local paths (input, output, model, cache, allow-list folders) made
+    absolute against ``cwd`` (default: the working directory), as Ray workers have their own."""
+    base = Path(cwd or os.getcwd())
+
+    def absolute(p: str) -> str:
+        if "://" in p or os.path.isabs(os.path.expanduser(p)):
+            return os.path.expanduser(p) if "://" not in p else p
+        return str(base / p)
+
+    model_source = job.model.source
+    looks_like_hub = (
+        model_source.count("/") == 1 and not (base / model_source).exists() and "://" not in model_source
+    )
+    return dataclasses.replace(
+        job,
+        input=InputConfig(paths=tuple(absolute(p) for p in job.input.paths)),
+        output=dataclasses.replace(job.output, path=absolute(job.output.path)),
+        model=dataclasses.replace(
+            job.model,
+            source=model_source
+            if looks_like_hub or model_source.startswith("file://")
+            else absolute(model_source),
+            cache_dir=absolute(job.model.cache_dir) if job.model.cache_dir else None,
+        ),
+        images=dataclasses.replace(
+            job.images,
+            allow=tuple(a if a.rstrip("/").endswith(":") else absolute(a) for a in job.images.allow),
+        ),
+    )
+
+
 SECTIONS: dict[str, type] = {
     "input": InputConfig,
     "output": OutputConfig,

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from pipeline import output as O
 from pipeline import rows as R
-from pipeline.config import ConfigError, JobConfig
+from pipeline.config import ConfigError, JobConfig, with_absolute_paths
 from pipeline.manifest import ManifestError, ManifestInfo, inspect_manifest
 from pipeline.storage import filesystem, join, redact
 
@@ -88,6 +88,7 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
     ``ManifestError`` before any work, and anything else when the run itself fails."""
     started = time.time()
     run_id = new_run_id()
+    job = with_absolute_paths(job)
     try:
         manifest = inspect_manifest(job.input.paths, job.storage)
     except ManifestError as exc:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pipeline_testing import REPO
 
 from pipeline.config import ConfigError, _read_yaml, build_job, check_document, interpolate, load_job
-from pipeline_testing import REPO
 
 MINIMAL = """
 input: {paths: [data/m.parquet]}
@@ -63,7 +63,7 @@ def test_a_missing_required_key_is_named(tmp_path):
 
 
 def test_missing_job_file_and_missing_preset(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml: file not found"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: file not found"):
         load_job(tmp_path / "nope.yaml", env={})
     path = job_file(tmp_path, MINIMAL + "presets: [compute/quantum]\n")
     with pytest.raises(ConfigError, match=r"presets: preset 'compute/quantum' not found .*quantum.yaml"):
