@@ -7,8 +7,7 @@ import json
 import shutil
 
 from PIL import Image
-from pipeline_testing import REPO, read_output, s3fs_for, upload_dir
-from test_prepare import COCO
+from pipeline_testing import COCO, REPO, read_output, s3fs_for, upload_dir
 from typer.testing import CliRunner
 
 from pipeline.cli import app

@@ -6,32 +6,11 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from pipeline_testing import COCO
 from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.prepare import coco_recolor_rows, recolour
-
-#: A tiny COCO captions file: 4 images, 9 captions, 3 images with a colour word.
-COCO = {
-    "info": {"description": "tiny COCO-format fixture"},
-    "images": [
-        {"id": 1, "file_name": "000000000001.jpg", "width": 64, "height": 48},
-        {"id": 2, "file_name": "000000000002.jpg", "width": 64, "height": 48},
-        {"id": 3, "file_name": "000000000003.jpg", "width": 64, "height": 48},
-        {"id": 4, "file_name": "000000000004.jpg", "width": 64, "height": 48},
-    ],
-    "annotations": [
-        {"id": 11, "image_id": 1, "caption": "A red bus parked next to a red car."},
-        {"id": 12, "image_id": 1, "caption": "A bus on a street."},
-        {"id": 13, "image_id": 1, "caption": "a Red double decker bus"},
-        {"id": 21, "image_id": 2, "caption": "A man eating an orange on a bench."},
-        {"id": 22, "image_id": 2, "caption": "Someone sits outside."},
-        {"id": 31, "image_id": 3, "caption": "An orange cat on a grey sofa."},
-        {"id": 32, "image_id": 3, "caption": "A cat   sleeping."},
-        {"id": 41, "image_id": 4, "caption": "Two white dogs play in the yellow grass."},
-        {"id": 42, "image_id": 4, "caption": "Dogs playing."},
-    ],
-}
 
 
 def test_recolour_rules():
