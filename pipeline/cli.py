@@ -52,6 +52,20 @@ def _fail(code: ExitCode, message: str) -> typer.Exit:
     return typer.Exit(int(code))
 
 
+def _cause(exc: BaseException) -> str:
+    """A one-line cause: the exception's type and the last line of its message (Ray wraps the error
+    of a remote task or actor in a long message that ends with the original one)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first, last = lines[0], lines[-1]
+    return (
+        f"{type(exc).__name__}: {first}"
+        if first == last
+        else f"{type(exc).__name__}: {first[:160]} ... {last}"
+    )
+
+
 def _storage(endpoint_url: str | None, region: str | None, anonymous: bool) -> StorageConfig:
     return StorageConfig(endpoint_url=endpoint_url, region=region, anonymous=anonymous)
 
@@ -89,8 +103,8 @@ def run(
     except (InputError, ManifestError) as exc:
         raise _fail(ExitCode.INPUT, f"input: {exc}") from None
     except Exception as exc:
-        log.exception("run failed")
-        raise _fail(ExitCode.ERROR, f"run failed ({type(exc).__name__}: {exc}); rerun to resume") from None
+        log.debug("run failed", exc_info=True)
+        raise _fail(ExitCode.ERROR, f"run failed: {_cause(exc)}; a rerun resumes") from None
     if outcome.status != "already_complete":
         typer.echo(summary_table(outcome.summary))
     typer.echo(outcome.message)

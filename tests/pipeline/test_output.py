@@ -81,3 +81,21 @@ def test_parts_carry_huggingface_image_features(fs, tmp_path):
         assert schema.field(column).type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     assert features["id"] == {"dtype": "string", "_type": "Value"}
     assert set(features) == set(R.OUTPUT_SCHEMA.names)
+
+
+def test_huggingface_datasets_reads_the_images(fs, tmp_path):
+    """Runs where ``datasets`` is installed (it is not a dependency); checked with datasets 5.2."""
+    datasets = pytest.importorskip("datasets")
+    from pipeline_testing import png_bytes
+
+    out = str(tmp_path / "out")
+    row = {
+        "id": "a",
+        "status": R.OK,
+        "run_id": "r",
+        "edited_image": {"bytes": png_bytes(0, (12, 8)), "path": None},
+    }
+    O.commit_table(fs, out, R.table_from_rows([row], R.OUTPUT_SCHEMA))
+    loaded = datasets.load_dataset("parquet", data_files=O.part_files(fs, out), split="train")
+    assert loaded.features["edited_image"] == datasets.Image()
+    assert loaded[0]["edited_image"].size == (12, 8)
