@@ -92,9 +92,9 @@ class ComputeConfig:
     ``actors`` is a fixed number of model actors or a ``[min, max]`` autoscaling range. Every actor
     reserves ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs and runs torch on ``torch_threads``
     threads (0: as many as it reserves CPUs, at least 1). Reading, fetching, encoding and writing run as
-    tasks reserving ``io_cpus`` each. On a machine with C CPUs, keep
-    ``max_actors * cpus_per_actor + io_cpus <= C``, or the read tasks can never be scheduled and Ray
-    Data waits for ever (Ray issue 44687); the job checks this on a local cluster.
+    tasks reserving ``io_cpus`` each (Ray Data's file listing reserves one CPU). On a machine with C
+    CPUs, keep ``max_actors * cpus_per_actor + max(1, io_cpus) <= C``, or the read tasks can never be
+    scheduled and Ray Data waits for ever (Ray issue 44687); the job checks this on a local cluster.
     """
 
     device: Literal["cpu", "cuda"] = "cpu"

@@ -126,6 +126,9 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
         )
         return RunOutcome(ExitCode.OK, "already_complete", message, summary)
 
+    if todo:  # before touching the output: a plan that cannot run is a config error
+        started_here = ensure_ray(address)
+        check_resources(job, local=started_here)
     O.write_json_atomic(
         out_fs,
         join(out, O.JOB_FILE),
@@ -147,8 +150,6 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
 
     edit_seconds = 0.0
     if todo:
-        started_here = ensure_ray(address)
-        check_resources(job, local=started_here)
         edit_started = time.time()
         execute(job, manifest, done, run_id, out_fs, out)
         edit_seconds = time.time() - edit_started
@@ -270,19 +271,21 @@ def ensure_ray(address: str | None = None) -> bool:
 
 def check_resources(job: JobConfig, *, local: bool) -> None:
     """Refuse (local cluster) or warn about (remote cluster, which may autoscale) a plan whose actors
-    leave no CPU for the read and write tasks: Ray Data would wait for ever (Ray issue 44687)."""
+    leave less than one CPU for the read tasks: Ray Data would wait for ever (Ray issue 44687)."""
     import ray
 
     c = job.compute
     total = ray.cluster_resources()
     cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
-    need = c.max_actors * c.cpus_per_actor + c.io_cpus
+    # Ray Data's file-listing task reserves one whole CPU whatever io_cpus says (Ray 2.60).
+    other = max(1.0, c.io_cpus)
+    need = c.max_actors * c.cpus_per_actor + other
     problems = []
     if need > cpus:
         problems.append(
-            f"compute: {c.max_actors} actor(s) x cpus_per_actor {c.cpus_per_actor} + io_cpus {c.io_cpus} = {need:g} "
-            f"CPUs, but the cluster has {cpus:g}: the read tasks could never be scheduled and Ray Data would "
-            "wait for ever (Ray issue 44687). Use fewer actors, fractional cpus_per_actor or a smaller io_cpus"
+            f"compute: {c.max_actors} actor(s) x cpus_per_actor {c.cpus_per_actor} + {other:g} CPU for the read "
+            f"tasks = {need:g} CPUs, but the cluster has {cpus:g}: the reads could never be scheduled and Ray Data "
+            "would wait for ever (Ray issue 44687). Use fewer actors or a fractional cpus_per_actor"
         )
     if c.gpus_per_actor > 0 and c.min_actors * c.gpus_per_actor > gpus:
         problems.append(
