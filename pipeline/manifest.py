@@ -113,12 +113,10 @@ def _is_data_file(relative: str) -> bool:
 
 
 def _override_kinds() -> dict[str, str]:
+    from pipeline.rows import param_kind
+
     hints = get_type_hints(EditParams)
-    kinds = {}
-    for name in OVERRIDE_COLUMNS:
-        hint = hints[name]
-        kinds[name] = {bool: "bool", int: "int", float: "float"}.get(hint, "str")
-    return kinds
+    return {name: param_kind(hints[name]) for name in OVERRIDE_COLUMNS}
 
 
 OVERRIDE_KINDS = _override_kinds()

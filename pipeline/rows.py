@@ -16,7 +16,8 @@ Output rows (one per input id, see docs/pipeline.md):
 from __future__ import annotations
 
 import json
-from typing import Any, get_type_hints
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import pyarrow as pa
 
@@ -30,14 +31,22 @@ IMAGE_COLUMNS = ("input_image", "edited_image", "mask")
 STAGE_SECONDS = ("fetch", "mask", "encode", "decode", "vae", "edit", "png")
 
 
+def param_kind(hint: Any) -> str:
+    """ "bool", "int", "float" or "str" for an EditParams field type (``X | None`` counts as X;
+    Literal choices of strings are strings)."""
+    args = (
+        [a for a in get_args(hint) if a is not type(None)]
+        if get_origin(hint) in (Union, UnionType)
+        else [hint]
+    )
+    base = args[0] if len(args) == 1 else str
+    return {bool: "bool", int: "int", float: "float"}.get(base, "str")
+
+
 def _param_fields() -> list[pa.Field]:
     hints = get_type_hints(EditParams)
-    out = []
-    for name in EditParams.field_names():
-        hint = hints[name]
-        arrow = {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}.get(hint, pa.string())
-        out.append(pa.field(name, arrow))
-    return out
+    arrow = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+    return [pa.field(name, arrow[param_kind(hints[name])]) for name in EditParams.field_names()]
 
 
 PARAM_FIELDS: list[pa.Field] = _param_fields()
