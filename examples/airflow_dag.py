@@ -13,7 +13,7 @@ The workers need the AWS credentials (an instance role, or AWS_* in the Airflow 
 they never go into the job file. RAY_ADDRESS is the Ray head node's GCS address (host:6379): the
 Airflow worker is then the job's Ray driver and must reach the cluster's network (Ray Client,
 `ray://`, is not suited to Ray Data). To run the driver on the cluster instead, submit it with the
-Ray Jobs API (docs/pipeline.md); `ray job submit` then reports failure but not the exit code itself.
+Ray Jobs API (README.md, "On a Ray cluster"); `ray job submit` then reports failure but not the exit code itself.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The input manifest: Parquet files of (id, image, caption, query) rows.
 
-Columns (see docs/pipeline.md):
+Columns (see README.md, "The batch job"):
 
 =================  ==========================  ===============================================
 column             type                        meaning

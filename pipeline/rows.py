@@ -1,6 +1,6 @@
 """Row schemas: the working rows between stages and the output rows, plus the Hugging Face metadata.
 
-Output rows (one per input id, see docs/pipeline.md):
+Output rows (one per input id, see README.md, "The batch job"):
 
 * ``id``, ``status`` (``ok`` | ``failed``), ``error`` (null when ok), ``caption``, ``query``;
 * ``input_image``, ``edited_image``, ``mask``: PNG in Hugging Face datasets' Image layout, a struct of
