@@ -84,7 +84,7 @@ def test_parts_carry_huggingface_image_features(fs, tmp_path):
 
 
 def test_huggingface_datasets_reads_the_images(fs, tmp_path):
-    """Runs where ``datasets`` is installed (it is not a dependency); checked with datasets 5.2."""
+    """datasets (a dev dependency) shows the image columns as images."""
     datasets = pytest.importorskip("datasets")
     from pipeline_testing import png_bytes
 
