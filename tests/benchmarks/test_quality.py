@@ -206,3 +206,37 @@ def test_benchmark_command_on_tiny_model(tmp_path, one_thread):
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="unknown method"):
         Q.run_benchmark(None, [], [0.7], methods=["magic"])  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------- the bundled model
+
+#: The in-suite slice: 12 held-out recolour tasks (stream 0) at r = 0.7, ours at its defaults
+#: otherwise (50 DDIM steps, 10 mask draws). Measured on models/shapes-v1 (weights of 2026-11-23,
+#: CPU, torch 1 thread): mask IoU 0.560, edit success 0.417 (5/12), background PSNR 28.01 dB,
+#: about 6 s. The thresholds sit a little below, so that a regression fails while float noise
+#: across machines (a mask pixel or one edit flipping) does not.
+SLICE_TASKS = 12
+SLICE_RATIO = 0.7
+SLICE_MIN_IOU = 0.50
+SLICE_MIN_SUCCESS = 0.25  # 3 of 12
+SLICE_MIN_BG_PSNR = 26.5
+
+
+@pytest.mark.skipif(not (MODEL / "model_index.json").exists(), reason="the bundled model is not there")
+def test_quality_slice_on_bundled_model(one_thread):
+    """A slice of the benchmark on the bundled model, so that a quality regression fails CI.
+
+    The figures are the model's, and below the issue's targets (IoU 0.75, success 0.9, 30 dB): the
+    thresholds guard what the model does now, not what it should do.
+    """
+    from diffedit.loading import load_bundle
+
+    bundle = load_bundle(str(MODEL))
+    tasks = make_edit_tasks(0, SLICE_TASKS, kinds=("recolor",))
+    run, _ = Q.run_ours(DiffEditor(bundle, max_batch=64), tasks, SLICE_RATIO, 50, "diffedit")
+    row = Q.summarise(run, Q.score_run(run, tasks))
+    print(Q.format_table([row]))
+    assert row["n_recolor"] == SLICE_TASKS
+    assert row["mask_iou_recolor"] >= SLICE_MIN_IOU
+    assert row["success"] >= SLICE_MIN_SUCCESS
+    assert row["bg_psnr"] >= SLICE_MIN_BG_PSNR
