@@ -94,7 +94,7 @@ def test_model_timer_counts_samples_and_detaches(one_thread):
 def test_benchmark_on_tiny_model_has_every_figure(tmp_path, one_thread):
     out = tmp_path / "perf.json"
     args = parse_args(
-        ["--tiny", "--size", "32", "--rows", "2", "--batch", "2", "--batch-sizes", "1,2",
+        ["--tiny", "--size", "32", "--rows", "2", "--repeats", "2", "--batch", "2", "--batch-sizes", "1,2",
          "--scaling-rows", "2", "--scaling-steps", "3", "--sizes", "32,64", "--size-rows", "1",
          "--size-batch", "1", "--sections", "compare,batch,size", "--no-warmup", "--out", str(out)]
     )  # fmt: skip
@@ -117,11 +117,14 @@ def test_benchmark_on_tiny_model_has_every_figure(tmp_path, one_thread):
     assert s["params_are_defaults"] and s["params"]["num_inference_steps"] == 50
 
     c = data["compare"]
-    assert (c["rows"], c["batch"]) == (2, 2)
+    assert (c["rows"], c["repeats"], c["batch"]) == (2, 2, 2)
+    assert len(c["ratio"]["edits_per_s_paired"]) == 2  # one ratio per pair of adjacent batches
+    assert c["ratio"]["edits_per_s_paired_median"] > 0
     for name in ("ours", "diffusers"):
         fig = c[name]
         assert set(fig) >= METHOD_KEYS, METHOD_KEYS - set(fig)
         assert set(fig["seconds"]) == set(STAGES)
+        assert fig["rows"] == 4 and fig["batches"] == 2  # 2 rows x 2 passes
         assert fig["edits_per_s"] > 0 and fig["seconds_edit"] > 0
         assert 0 < fig["model_bound_fraction"] <= 1
         assert fig["vae_decodes_per_edit"] == 1
@@ -183,6 +186,9 @@ def test_ray_section_on_tiny_model(tmp_path, one_thread):
     assert r["ratio"] == pytest.approx(r["rows_per_s"] / r["in_process_rows_per_s"])
     assert len(r["in_process"]) == 2 and r["cold_start_seconds"] > 0  # baseline before and after the job
     assert r["job"]["batch_size"] == 2 and r["job"]["torch_threads"] == 1
+    tl = r["timeline"]  # from ray.timeline(): the actor's start-up, then its blocks
+    assert tl["blocks"] >= 1 and 0 < tl["actor_ready"] <= tl["first_block_start"] < tl["last_block_end"]
+    assert tl["last_block_end"] <= r["job_seconds"] + 1.0
     ray_target = evaluate_targets(report)["ray_ratio"]
     assert ray_target["value"] == r["ratio"] and ray_target["met"] is False  # 4 rows < 64
     assert "Ray / in-process" in format_report(report)
