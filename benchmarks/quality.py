@@ -56,7 +56,6 @@ import math
 import platform
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +68,7 @@ from PIL import Image
 from diffedit.bundle import ModelBundle
 from diffedit.editor import DiffEditor, EditRequest, EditResult, paste_background
 from diffedit.params import EditParams
+from diffedit.reference import UNetSampleCounter, deprecated_diffedit_pipeline
 from diffedit.shapes.classify import MIN_PIXELS, classify_region, object_pixels
 from diffedit.shapes.scenes import EditTask, make_edit_tasks
 from diffedit.shapes.vocab import OBJECT_COLOURS
@@ -351,43 +351,6 @@ def paste_run(base: MethodRun, results: Sequence[EditResult], tasks: Sequence[Ed
     return MethodRun("diffedit_paste", base.ratio, base.steps, outputs, seconds, predicts_mask=True)
 
 
-def build_diffusers_pipeline(bundle: ModelBundle) -> Any:
-    """diffusers' deprecated ``StableDiffusionDiffEditPipeline`` over the bundle's own modules."""
-    from diffusers import DDIMInverseScheduler, DDIMScheduler
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from diffusers import StableDiffusionDiffEditPipeline
-
-        pipe = StableDiffusionDiffEditPipeline(
-            vae=bundle.vae,
-            text_encoder=bundle.text_encoder,
-            tokenizer=bundle.tokenizer,
-            unet=bundle.unet,
-            scheduler=DDIMScheduler.from_config(bundle.scheduler_config),
-            inverse_scheduler=DDIMInverseScheduler.from_config(bundle.scheduler_config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-class _UNetCounter:
-    """Counts UNet sample-evaluations through a forward hook."""
-
-    def __init__(self, unet: torch.nn.Module) -> None:
-        self.samples = 0
-        self._handle = unet.register_forward_hook(self._hook)
-
-    def _hook(self, module: Any, args: Any, output: Any) -> None:
-        self.samples += int(args[0].shape[0])
-
-    def close(self) -> None:
-        self._handle.remove()
-
-
 @torch.inference_mode()
 def run_diffusers(
     pipe: Any,
@@ -403,7 +366,7 @@ def run_diffusers(
     batching would couple tasks' masks. ``invert`` and ``__call__`` run in batches of ``max_batch``
     tasks (CFG doubles that in the UNet); each task has its own generator seeded with its seed.
     """
-    counter = _UNetCounter(pipe.unet)
+    counter = UNetSampleCounter(pipe.unet)
     start = time.perf_counter()
     try:
         masks = []
@@ -732,7 +695,7 @@ def run_benchmark(
         raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
     tasks = list(tasks)
     editor = DiffEditor(bundle, max_batch=max_batch)
-    pipe = build_diffusers_pipeline(bundle) if "diffusers" in methods else None
+    pipe = deprecated_diffedit_pipeline(bundle) if "diffusers" in methods else None
     runs: list[MethodRun] = []
     scored: list[Any] = []  # per run: a Future of its records, or the records
     pool = None

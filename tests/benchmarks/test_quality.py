@@ -16,6 +16,7 @@ from PIL import Image
 
 from benchmarks import quality as Q
 from diffedit.editor import DiffEditor
+from diffedit.reference import deprecated_diffedit_pipeline
 from diffedit.shapes.classify import classify_region
 from diffedit.shapes.scenes import make_edit_tasks
 from diffedit.tiny import tiny_bundle
@@ -165,7 +166,7 @@ def test_runners_output_shapes_on_tiny_model(one_thread):
         if variant == "diffedit":
             pasted = Q.paste_run(run, results, tasks)
             assert [o.image.size for o in pasted.outputs] == [(32, 32)] * 2
-    pipe = Q.build_diffusers_pipeline(bundle)
+    pipe = deprecated_diffedit_pipeline(bundle)
     run = Q.run_diffusers(pipe, tasks, 0.5, 4, max_batch=2)
     assert [o.image.size for o in run.outputs] == [(32, 32)] * 2
     assert all(o.mask_binary.shape == (32, 32) for o in run.outputs)

@@ -6,55 +6,21 @@ each intentional difference is pinned by a test that shows diffusers' behaviour 
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffedit.editor import DiffEditor, EditRequest
 from diffedit.mask import difference_map
 from diffedit.params import EditParams
+from diffedit.reference import UNetSampleCounter, deprecated_diffedit_pipeline
 from diffedit.schedule import alpha_at, ddim_timesteps, mask_timestep
 
 
 @pytest.fixture(scope="module")
 def pipe(bundle):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from diffusers import StableDiffusionDiffEditPipeline
-
-        p = StableDiffusionDiffEditPipeline(
-            vae=bundle.vae,
-            text_encoder=bundle.text_encoder,
-            tokenizer=bundle.tokenizer,
-            unet=bundle.unet,
-            scheduler=DDIMScheduler.from_config(bundle.scheduler_config),
-            inverse_scheduler=DDIMInverseScheduler.from_config(bundle.scheduler_config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
-class UNetRecorder:
-    """Counts the UNet's sample-evaluations and keeps its last output, through a forward hook."""
-
-    def __init__(self, unet):
-        self.samples = 0
-        self.last = None
-        self.handle = unet.register_forward_hook(self.hook)
-
-    def hook(self, module, args, output):
-        self.samples += args[0].shape[0]
-        self.last = output.sample.detach().clone()
-
-    def close(self):
-        self.handle.remove()
+    return deprecated_diffedit_pipeline(bundle)
 
 
 def test_difference_map_matches_diffusers(bundle, pipe, random_image):
@@ -68,7 +34,7 @@ def test_difference_map_matches_diffusers(bundle, pipe, random_image):
     """
     n, seed, g = 4, 123, 7.5
     img = random_image(0, 32, 32)
-    rec = UNetRecorder(pipe.unet)
+    rec = UNetSampleCounter(pipe.unet)
     try:
         theirs = pipe.generate_mask(
             image=img,
@@ -183,7 +149,7 @@ def test_unet_evaluations_per_edit_200_in_diffusers_140_in_ours(bundle, pipe, ra
     """Intentional difference 3: CFG in the mask step and in encoding costs diffusers 200 UNet
     sample-evaluations per edit at its defaults (counted); the paper's recipe, ours, 140."""
     img = random_image(4, 32, 32)
-    rec = UNetRecorder(pipe.unet)
+    rec = UNetSampleCounter(pipe.unet)
     try:
         mask = pipe.generate_mask(
             image=img,
