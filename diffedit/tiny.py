@@ -183,17 +183,31 @@ def save_tiny_model(path: str | Path, seed: int = 0, **kwargs: Any) -> Path:
     The result loads with ``diffusers.StableDiffusionPipeline.from_pretrained(path)`` and with
     ``diffedit.loading.load_bundle(path)``.
     """
+    return save_sd_directory(path, **tiny_components(seed, **kwargs))
+
+
+def save_sd_directory(
+    path: str | Path,
+    *,
+    unet: Any,
+    vae: Any,
+    text_encoder: Any,
+    tokenizer: Any,
+    scheduler_config: dict[str, Any],
+) -> Path:
+    """Write components as a diffusers Stable Diffusion directory: model_index.json, safetensors
+    weights in unet/, vae/, text_encoder/, the tokenizer and a DDIM scheduler config."""
+    import diffusers
     from diffusers import DDIMScheduler
 
     path = Path(path)
-    parts = tiny_components(seed, **kwargs)
-    for name in ("unet", "vae", "text_encoder"):
-        parts[name].save_pretrained(path / name, safe_serialization=True)
-    parts["tokenizer"].save_pretrained(path / "tokenizer")
-    DDIMScheduler.from_config(parts["scheduler_config"]).save_pretrained(path / "scheduler")
+    for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        module.save_pretrained(path / name, safe_serialization=True)
+    tokenizer.save_pretrained(path / "tokenizer")
+    DDIMScheduler.from_config(scheduler_config).save_pretrained(path / "scheduler")
     index = {
         "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": "0.42.1",
+        "_diffusers_version": diffusers.__version__,
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
         "text_encoder": ["transformers", "CLIPTextModel"],
@@ -201,6 +215,7 @@ def save_tiny_model(path: str | Path, seed: int = 0, **kwargs: Any) -> Path:
         "scheduler": ["diffusers", "DDIMScheduler"],
         "safety_checker": [None, None],
         "feature_extractor": [None, None],
+        "image_encoder": [None, None],
         "requires_safety_checker": False,
     }
     (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")

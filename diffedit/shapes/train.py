@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from diffedit.shapes.scenes import sample_scene
 from diffedit.shapes.vocab import build_shapes_tokenizer
-from diffedit.tiny import SD_SCHEDULER_CONFIG
+from diffedit.tiny import SD_SCHEDULER_CONFIG, save_sd_directory
 
 #: Seeds of the VAE phase, the scaling-factor estimate and the cached diffusion dataset; all inside
 #: ``scenes.TRAIN_SEEDS`` = [0, 10_000_000) and disjoint from each other.
@@ -401,8 +401,6 @@ def finetune_decoder(args: argparse.Namespace, state: dict[str, Any], log: Logge
 
 def export(args: argparse.Namespace, state: dict[str, Any], log: Logger) -> Path:
     """Write the diffusers Stable Diffusion directory (EMA UNet weights)."""
-    from diffusers import DDIMScheduler
-
     out = Path(args.out)
     tokenizer = build_shapes_tokenizer()
     vae = build_vae(args.seed)
@@ -412,26 +410,14 @@ def export(args: argparse.Namespace, state: dict[str, Any], log: Logger) -> Path
     text_encoder.load_state_dict(state["text_encoder"])
     unet = build_unet(args.seed + 1, cross_attention_dim=text_encoder.config.hidden_size)
     unet.load_state_dict(state["unet_ema"])
-    for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
-        module.save_pretrained(out / name, safe_serialization=True)
-    tokenizer.save_pretrained(out / "tokenizer")
-    DDIMScheduler.from_config(SD_SCHEDULER_CONFIG).save_pretrained(out / "scheduler")
-    import diffusers
-
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "image_encoder": [None, None],
-        "requires_safety_checker": False,
-    }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    save_sd_directory(
+        out,
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler_config=SD_SCHEDULER_CONFIG,
+    )
     summary = {
         "vae_steps": state.get("vae_step"),
         "unet_steps": state.get("unet_step"),
