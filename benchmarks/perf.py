@@ -6,8 +6,10 @@
 Sections (``--sections``, all by default), every one on the same model, rows, seeds and parameters:
 
 * ``compare``  ours and diffusers' pipeline over the same ``--rows`` held-out shapes edit tasks, in
-  batches of ``--batch`` rows, interleaved batch by batch (which method goes first alternates) so that
-  drifting background load hits both alike. Each method first runs one untimed warm-up batch. Ours:
+  batches of ``--batch`` rows, ``--repeats`` passes, interleaved batch by batch (which method goes
+  first alternates) so that drifting background load hits both alike; the speed ratio is the median
+  of the ratios of adjacent batch pairs (the ratio of total times is reported too, and is hostage to
+  load spikes). Each method first runs one untimed warm-up batch. Ours:
   ``DiffEditor.edit`` (a fresh editor, so a cold prompt cache) with ``max_batch=--max-batch`` samples
   per UNet call. Theirs: ``generate_mask`` + ``invert`` + ``__call__`` per batch with the same
   parameters (steps, n = ``num_maps_per_mask``, mask strength, r = ``inpaint_strength``, guidance in
