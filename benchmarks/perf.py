@@ -67,6 +67,7 @@ from PIL import Image
 from diffedit.bundle import ModelBundle
 from diffedit.editor import DiffEditor, EditRequest
 from diffedit.params import EditParams
+from diffedit.reference import deprecated_diffedit_pipeline
 
 SCHEMA = "diffedit-perf/1"
 SECTIONS = ("compare", "batch", "size", "ray")
@@ -384,29 +385,6 @@ class OursRunner:
                 s.stage_unet_seconds[stage] += sec
 
 
-def build_diffusers_pipeline(bundle: ModelBundle) -> Any:
-    """diffusers' deprecated ``StableDiffusionDiffEditPipeline`` over the bundle's own modules."""
-    from diffusers import DDIMInverseScheduler, DDIMScheduler
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from diffusers import StableDiffusionDiffEditPipeline
-
-        pipe = StableDiffusionDiffEditPipeline(
-            vae=bundle.vae,
-            text_encoder=bundle.text_encoder,
-            tokenizer=bundle.tokenizer,
-            unet=bundle.unet,
-            scheduler=DDIMScheduler.from_config(bundle.scheduler_config),
-            inverse_scheduler=DDIMInverseScheduler.from_config(bundle.scheduler_config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 class DiffusersRunner:
     """Runs diffusers' ``generate_mask`` + ``invert`` + ``__call__`` batch by batch."""
 
@@ -542,7 +520,7 @@ def run_compare(
     passes. Each batch of one method runs next to the same batch of the other, so the ratio of a
     pair of batches is taken under the same background load; their median is robust to load spikes
     that the ratio of total times is not."""
-    pipe = build_diffusers_pipeline(bundle) if "diffusers" in methods else None
+    pipe = deprecated_diffedit_pipeline(bundle) if "diffusers" in methods else None
     with ModelTimer(bundle) as timer:
 
         def runners() -> dict[str, Any]:

@@ -20,6 +20,7 @@ from benchmarks.perf import (
     run,
     split_unet_calls,
 )
+from diffedit.reference import UNetSampleCounter
 from diffedit.tiny import tiny_bundle
 
 METHOD_KEYS = {
@@ -77,13 +78,15 @@ def test_split_unet_calls_by_counted_samples():
 def test_model_timer_counts_samples_and_detaches(one_thread):
     bundle = tiny_bundle(seed=0)
     emb = bundle.encode_prompts(["a red circle"])  # before the timer: not counted
+    counter = UNetSampleCounter(bundle.unet)  # the parity tests' counter, for a cross-check
     with ModelTimer(bundle) as timer:
         bundle.eps(torch.randn(3, 4, 16, 16), torch.full((3,), 500), emb.expand(3, -1, -1))
         latents = bundle.vae_encode(torch.zeros(2, 3, 32, 32))
         bundle.vae_decode(latents)
         bundle.encode_prompts(["a", "b"])
         snap = timer.snapshot()
-    assert (snap["unet_n"], snap["unet_calls"], snap["unet_log"]) == (3, 1, 1)
+    counter.close()
+    assert (snap["unet_n"], snap["unet_calls"], snap["unet_log"]) == (3, 1, 1) and counter.samples == 3
     assert (snap["vae_encode_n"], snap["vae_decode_n"], snap["text_n"]) == (2, 2, 2)
     assert all(snap[f"{g}_s"] > 0 for g in ("unet", "vae_encode", "vae_decode", "text"))
     assert timer.unet_log[0][0] == 3 and timer.unet_log[0][1] > 0
