@@ -62,13 +62,15 @@ class ModelBundle:
         return self
 
     # ----------------------------------------------------------------- geometry
+    # device and dtype come from the UNet's first parameter: diffusers' ModelMixin.device/.dtype walk
+    # every submodule (~1 ms each), and eps() reads them on every call.
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return next(self.unet.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return next(self.unet.parameters()).dtype
 
     @property
     def work_dtype(self) -> torch.dtype:
