@@ -80,19 +80,7 @@ COLOURS = (
     "grey",
 )
 #: Colours a query may take (one spelling of grey).
-TARGET_COLOURS = (
-    "red",
-    "orange",
-    "yellow",
-    "green",
-    "blue",
-    "purple",
-    "pink",
-    "brown",
-    "black",
-    "white",
-    "gray",
-)
+TARGET_COLOURS = tuple(c for c in COLOURS if c != "grey")
 #: A colour word with the article before it, if any ("a red", "An orange", "blue").
 _PHRASE_RE = re.compile(r"\b(?:(an?)\s+)?(" + "|".join(COLOURS) + r")\b", re.IGNORECASE)
 
