@@ -93,14 +93,23 @@ def build_text_encoder(seed: int, vocab_size: int, max_length: int, hidden: int 
     )
 
 
-def build_unet(seed: int, cross_attention_dim: int = 64, channels: tuple[int, ...] = (32, 64, 128)) -> Any:
-    """A UNet2DConditionModel on 16x16 latents; (self- and cross-) attention below the first level.
+def build_unet(
+    seed: int,
+    cross_attention_dim: int = 64,
+    channels: tuple[int, ...] = (32, 64, 128),
+    attention_at_top: bool = True,
+) -> Any:
+    """A UNet2DConditionModel on 16x16 latents with self- and cross-attention.
 
-    Levels at 16x16, 8x8 and 4x4; the first has plain ResNet blocks, the others and the middle block
-    attend to the caption. Heads of 32 channels.
+    Levels at 16x16, 8x8 and 4x4, plus the middle block, all attend to the caption; with
+    ``attention_at_top=False`` the 16x16 level has plain ResNet blocks (shapes-v1's layout: half the
+    step time, but objects come out as blobs, and a caption word can only reach a 4x4-pixel latent
+    cell through the 8x8 level). Heads of 32 channels.
     """
     from diffusers import UNet2DConditionModel
 
+    top_down = "CrossAttnDownBlock2D" if attention_at_top else "DownBlock2D"
+    top_up = "CrossAttnUpBlock2D" if attention_at_top else "UpBlock2D"
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=LATENT_SIZE,
@@ -108,8 +117,8 @@ def build_unet(seed: int, cross_attention_dim: int = 64, channels: tuple[int, ..
         out_channels=4,
         block_out_channels=channels,
         layers_per_block=1,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(channels) - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (len(channels) - 1) + ("UpBlock2D",),
+        down_block_types=(top_down,) + ("CrossAttnDownBlock2D",) * (len(channels) - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (len(channels) - 1) + (top_up,),
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=tuple(c // 32 for c in channels),  # a head count, despite the name
         use_linear_projection=True,
@@ -275,7 +284,11 @@ def train_diffusion(args: argparse.Namespace, state: dict[str, Any], log: Logger
     """Phase 2: UNet + text encoder on the epsilon objective; fills state['unet_ema'] etc."""
     tokenizer = build_shapes_tokenizer()
     text_encoder = build_text_encoder(args.seed + 2, len(tokenizer), tokenizer.model_max_length)
-    unet = build_unet(args.seed + 1, cross_attention_dim=text_encoder.config.hidden_size)
+    unet = build_unet(
+        args.seed + 1,
+        cross_attention_dim=text_encoder.config.hidden_size,
+        attention_at_top=args.attention_at_top,
+    )
     ema = copy.deepcopy(unet).requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
@@ -408,7 +421,11 @@ def export(args: argparse.Namespace, state: dict[str, Any], log: Logger) -> Path
     vae.register_to_config(scaling_factor=float(state["scaling_factor"]))
     text_encoder = build_text_encoder(args.seed + 2, len(tokenizer), tokenizer.model_max_length)
     text_encoder.load_state_dict(state["text_encoder"])
-    unet = build_unet(args.seed + 1, cross_attention_dim=text_encoder.config.hidden_size)
+    unet = build_unet(
+        args.seed + 1,
+        cross_attention_dim=text_encoder.config.hidden_size,
+        attention_at_top=args.attention_at_top,
+    )
     unet.load_state_dict(state["unet_ema"])
     save_sd_directory(
         out,
@@ -440,6 +457,47 @@ def export(args: argparse.Namespace, state: dict[str, Any], log: Logger) -> Path
     return out
 
 
+#: State keys of phases 1-2 (and of the optional decoder fine-tuning) that ``--init-from`` copies.
+_VAE_PHASE_KEYS = (
+    "vae",
+    "vae_step",
+    "vae_losses",
+    "vae_done",
+    "scaling_factor",
+    "latents",
+    "captions",
+    "data_done",
+)
+_DECODER_KEYS = ("dec_step", "dec_loss_ema", "dec_opt", "decoder_done")
+
+
+def init_from(path: Path, args: argparse.Namespace, log: Logger) -> dict[str, Any]:
+    """A fresh state holding another run's VAE, encoded dataset and decoder fine-tuning.
+
+    The encoder (hence the latent space and the cached latents) must come from the same VAE and data
+    arguments, which is checked against that run's recorded arguments; the UNet and text encoder
+    are not copied.
+    """
+    src = torch.load(path, weights_only=False)
+    if not src.get("data_done"):
+        raise SystemExit(f"{path}: phases 1-2 (VAE, encoded dataset) are not finished there")
+    theirs = src.get("args")
+    if theirs is None and (path.parent / "summary.json").exists():  # runs before "args" was kept in the state
+        theirs = json.loads((path.parent / "summary.json").read_text()).get("args")
+    if theirs is None:
+        raise SystemExit(
+            f"{path}: no recorded arguments there (state['args'] or summary.json) to check against"
+        )
+    for key in ("seed", "vae_steps", "vae_batch", "vae_lr", "vae_kl", "n_data"):
+        if key in theirs and theirs[key] != getattr(args, key):
+            raise SystemExit(f"{path}: {key}={theirs[key]!r} there, {getattr(args, key)!r} here")
+    state = {k: src[k] for k in _VAE_PHASE_KEYS + _DECODER_KEYS if k in src}
+    state["cpu_seconds"] = 0.0
+    state["init_from"] = {"path": str(path), "cpu_seconds_there": src.get("cpu_seconds")}
+    log(f"phases 1-2 taken from {path} (decoder fine-tuned {state.get('dec_step', 0)} steps there)")
+    return state
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="model directory to write")
@@ -456,7 +514,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decoder-steps", type=int, default=0, help="phase 3: decoder-only fine-tuning")
     p.add_argument("--decoder-lr", type=float, default=1e-3)
     p.add_argument("--p-uncond", type=float, default=0.1, help="caption dropout for CFG")
-    p.add_argument("--ema", type=float, default=0.998)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument(
+        "--attention-at-top",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="self- and cross-attention at the UNet's 16x16 level (--no-attention-at-top: shapes-v1's layout)",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="STATE_PT",
+        help="take phases 1-2 (VAE, scaling factor, encoded dataset) and any decoder fine-tuning from "
+        "another run's train_state/state.pt made with the same VAE and data arguments; the diffusion "
+        "phase starts fresh",
+    )
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--ckpt-every-s", type=float, default=180.0)
     p.add_argument("--resume", action="store_true", help="continue from <out>/train_state/state.pt")
@@ -476,7 +547,10 @@ def main(argv: list[str] | None = None) -> None:
         log(f"resuming from {ckpt}")
     elif ckpt.exists():
         raise SystemExit(f"{ckpt} exists: pass --resume to continue, or remove it")
+    elif args.init_from:
+        state = init_from(Path(args.init_from), args, log)
     log(f"args: {vars(args)}")
+    state["args"] = {k: v for k, v in vars(args).items() if k != "resume"}
     wall0 = time.time()
     _CPU_CLOCK.update(before=state.get("cpu_seconds", 0.0), start=time.process_time())
     if not state.get("vae_done"):

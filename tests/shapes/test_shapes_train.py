@@ -36,3 +36,33 @@ def test_train_resume_and_export(tmp_path: Path) -> None:
 
     pipe = StableDiffusionPipeline.from_pretrained(str(out), safety_checker=None)
     assert pipe.vae.config.scaling_factor == pytest.approx(summary["scaling_factor"])
+
+
+def test_init_from_reuses_phases_1_2_and_checks_arguments(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    a, b = tmp_path / "a", tmp_path / "b"
+    try:
+        train.main(["--out", str(a), *TINY, "--unet-steps", "1", "--no-attention-at-top"])
+        state_a = a / "train_state" / "state.pt"
+        with pytest.raises(SystemExit, match="vae_steps=2 there, 3 here"):
+            train.main(
+                ["--out", str(b), *TINY[:1], "3", *TINY[2:], "--unet-steps", "1", "--init-from", str(state_a)]
+            )
+        train.main(["--out", str(b), *TINY, "--unet-steps", "1", "--init-from", str(state_a)])
+    finally:
+        torch.set_num_threads(threads)
+    log_b = (b / "train_state" / "train.log").read_text()
+    assert f"phases 1-2 taken from {state_a}" in log_b
+    assert "vae step" not in log_b and "encoded 16 training scenes" not in log_b  # not redone
+    sa = torch.load(state_a, weights_only=False)
+    sb = torch.load(b / "train_state" / "state.pt", weights_only=False)
+    assert sb["scaling_factor"] == sa["scaling_factor"] and sb["captions"] == sa["captions"]
+    assert torch.equal(sb["latents"], sa["latents"])
+    assert all(torch.equal(sb["vae"][k], v) for k, v in sa["vae"].items())
+    assert sb["init_from"]["path"] == str(state_a)
+    # The UNet layout follows --attention-at-top: v1's plain top level in a, attention at 16x16 in b.
+    cfg_a = json.loads((a / "unet" / "config.json").read_text())
+    cfg_b = json.loads((b / "unet" / "config.json").read_text())
+    assert cfg_a["down_block_types"][0] == "DownBlock2D" and cfg_a["up_block_types"][-1] == "UpBlock2D"
+    assert cfg_b["down_block_types"][0] == "CrossAttnDownBlock2D"
+    assert cfg_b["up_block_types"][-1] == "CrossAttnUpBlock2D"
