@@ -8,6 +8,7 @@ suite fetched from the hub, is built here from a word list (``build_word_tokeniz
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -77,36 +78,56 @@ def build_word_tokenizer(words: list[str] | tuple[str, ...], model_max_length: i
     The vocabulary has CLIP's special tokens, every letter (alone and word-final), and for each word
     the chain of merges that builds it left to right. Unknown words fall back to letters.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import CLIPTokenizer
 
     words = list(dict.fromkeys(w.lower() for w in words))
     for word in words:
         if not word.isalpha() or not word.isascii():
             raise ValueError(f"tokenizer words must be ASCII letters, got {word!r}")
-    # Train a BPE on the word list until no pair is left: merges learnt this way replay exactly on
-    # the training words, so each word ends as one token (hand-made merge chains collide: "re" of
-    # "red" would split "green").
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=100_000,
-        min_frequency=1,
-        special_tokens=["<|startoftext|>", "<|endoftext|>"],
-        initial_alphabet=list(letters),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    bpe.train_from_iterator([" ".join(words), letters], trainer=trainer)
-    state = json.loads(bpe.to_str())["model"]
-    vocab: dict[str, int] = dict(state["vocab"])
-    for c in letters:  # every letter also word-final, so unknown words still tokenize
-        vocab.setdefault(c + "</w>", len(vocab))
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
+    vocab, merges = _word_bpe(words)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
     tokenizer.model_max_length = model_max_length
     return tokenizer
+
+
+def _word_bpe(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """BPE vocabulary and merges that build each of ``words`` into one token; deterministic.
+
+    Classic BPE training (Sennrich et al. 2016) on the word list, each word counted once: merge the
+    most frequent adjacent pair everywhere, ties broken by the pair's text, until every word is one
+    symbol. Merges learnt this way replay exactly on the training words (hand-made merge chains
+    collide: "re" of "red" would split "green"). Ids: CLIP's two special tokens, the 26 letters,
+    the 26 word-final letters, then each merge's result in merge order. (The ``tokenizers`` BPE
+    trainer gives the same kind of result, but numbers tied symbols in hash-map order, so the ids
+    changed from one process to the next.)
+    """
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tokens = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)]
+    seqs = [[*w[:-1], w[-1] + "</w>"] for w in words]  # symbols per word, the last one word-final
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for seq in seqs:
+            for pair in itertools.pairwise(seq):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], p))  # most frequent; ties by text
+        merges.append(best)
+        merged = best[0] + best[1]
+        if merged not in tokens:
+            tokens.append(merged)
+        for k, seq in enumerate(seqs):
+            out, i = [], 0
+            while i < len(seq):
+                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            seqs[k] = out
+    return {t: i for i, t in enumerate(tokens)}, merges
 
 
 def tiny_components(seed: int = 0, sample_size: int = 16, cross_attention_dim: int = 32) -> dict[str, Any]:

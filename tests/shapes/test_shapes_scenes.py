@@ -131,3 +131,27 @@ def test_eval_seeds_disjoint_from_training() -> None:
         eval_scene_seed(-1, 0)
     assert make_edit_tasks(1, 3, kinds=("recolor",))[0].id != make_edit_tasks(0, 3, kinds=("recolor",))[0].id
     assert all(len(sample_scene(t.seed).objects) == 1 for t in make_edit_tasks(3, 10, max_objects=1))
+
+
+def test_tokenizer_is_the_same_in_every_process(tmp_path) -> None:
+    """Token ids must not depend on the process: a seeded training run has to give the same model.
+    (The ``tokenizers`` BPE trainer numbered tied symbols in hash-map order.)"""
+    import subprocess
+    import sys
+
+    saved = []
+    for k in range(3):
+        out = tmp_path / str(k)
+        code = f"from diffedit.shapes.vocab import build_shapes_tokenizer as b; b().save_pretrained({str(out)!r})"
+        subprocess.run([sys.executable, "-c", code], check=True)
+        saved.append((out / "tokenizer.json").read_text())
+    assert saved[0] == saved[1] == saved[2]
+    tokenizer = build_shapes_tokenizer()
+    vocab = tokenizer.get_vocab()
+    assert vocab["<|startoftext|>"] == 0 and vocab["<|endoftext|>"] == 1
+    assert [vocab[c] for c in "abcdefghijklmnopqrstuvwxyz"] == list(range(2, 28))
+    # every word one token; an unknown word falls back to letters
+    for word in VOCABULARY:
+        assert len(tokenizer(word).input_ids) == 3, word
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer("blob").input_ids[1:-1])
+    assert len(pieces) > 1 and "".join(pieces) == "blob</w>"
