@@ -1,7 +1,7 @@
 """Performance benchmark of DiffEdit (issue 5): our ``DiffEditor`` side by side with diffusers' deprecated
 ``StableDiffusionDiffEditPipeline``, the model-bound fraction, the Ray job's throughput, and scaling.
 
-    python -m benchmarks.perf --model models/shapes-v1 --rows 16 --out out/perf.json
+    python -m benchmarks.perf --model models/shapes-v2 --rows 16 --out out/perf.json
 
 Sections (``--sections``, all by default), every one on the same model, rows, seeds and parameters:
 
@@ -1225,7 +1225,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="models/shapes-v1", help="model directory or URL (load_bundle)")
+    p.add_argument("--model", default="models/shapes-v2", help="model directory or URL (load_bundle)")
     p.add_argument(
         "--tiny", action="store_true", help="a tiny random model saved under the work folder (smoke test)"
     )

@@ -17,7 +17,7 @@ All randomness is seeded; a checkpoint (``<out>/train_state/state.pt``) is writt
 go to stdout and ``<out>/train_state/train.log``. The result is a diffusers Stable Diffusion
 directory (safetensors) that loads with ``StableDiffusionPipeline.from_pretrained(out)``.
 
-    python -m diffedit.shapes.train --out models/shapes-v1 --vae-steps 1200 --unet-steps 3000
+    python -m diffedit.shapes.train --out out/shapes-v2 --threads 2 --unet-steps 15000 --decoder-steps 2000
 """
 
 from __future__ import annotations
