@@ -1,6 +1,6 @@
 """Quality benchmark of DiffEdit on held-out edit tasks of the synthetic shapes world.
 
-    python -m benchmarks.quality --model models/shapes-v1 --tasks 200 --ratios 0.5 0.7 0.9 --out out/quality
+    python -m benchmarks.quality --model models/shapes-v2 --tasks 200 --ratios 0.5 0.7 0.9 --out out/quality
 
 Every method edits the same tasks (``diffedit.shapes.scenes.make_edit_tasks``: scene seeds
 >= 1_000_000_000, never used in training) with the same per-task seed (the task's scene seed), at
@@ -36,8 +36,8 @@ Metrics per task (pure functions below), averaged per method and r:
 Cost: the sweep runs every method at ``--steps`` 25 DDIM steps (all alike; the paper's and
 diffusers' default is 50), and ours once more at its default 50 steps at r = 0.7: that row is the
 one the mask-IoU target is read from, and the contact sheet's. On a 2-core CPU, torch on one thread
-and one process scoring finished runs beside it, 200 tasks x 3 ratios took 1339 s (22 min) with
-the machine shared with other jobs (load 3-5); at 50 steps for every method it would take about
+and one process scoring finished runs beside it, 200 tasks x 3 ratios took 1179 s (20 min) on
+models/shapes-v2 (1339 s on shapes-v1, machine shared with other jobs, load 3-5); at 50 steps for every method it would take about
 twice as long. ``diffedit_gt_mask``'s IoU is that of the region dilated to the latent grid (what
 it edits); ``meta.json`` also holds the IoU ceiling of a perfect latent-grid mask.
 
@@ -780,7 +780,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="models/shapes-v1", help="model directory or URL (load_bundle)")
+    p.add_argument("--model", default="models/shapes-v2", help="model directory or URL (load_bundle)")
     p.add_argument(
         "--tiny", action="store_true", help="use a tiny random model instead (smoke test; edits are noise)"
     )
