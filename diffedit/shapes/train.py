@@ -126,6 +126,19 @@ def build_unet(
     )
 
 
+def build_diffusion_models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Tokenizer, text encoder and UNet of the diffusion phase, as ``args`` lay them out; the one
+    place that training and export build them, so the exported layout is the trained one."""
+    tokenizer = build_shapes_tokenizer()
+    text_encoder = build_text_encoder(args.seed + 2, len(tokenizer), tokenizer.model_max_length)
+    unet = build_unet(
+        args.seed + 1,
+        cross_attention_dim=text_encoder.config.hidden_size,
+        attention_at_top=args.attention_at_top,
+    )
+    return tokenizer, text_encoder, unet
+
+
 def num_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -282,13 +295,7 @@ def encode_dataset(args: argparse.Namespace, state: dict[str, Any], log: Logger,
 
 def train_diffusion(args: argparse.Namespace, state: dict[str, Any], log: Logger, ckpt: Path) -> None:
     """Phase 2: UNet + text encoder on the epsilon objective; fills state['unet_ema'] etc."""
-    tokenizer = build_shapes_tokenizer()
-    text_encoder = build_text_encoder(args.seed + 2, len(tokenizer), tokenizer.model_max_length)
-    unet = build_unet(
-        args.seed + 1,
-        cross_attention_dim=text_encoder.config.hidden_size,
-        attention_at_top=args.attention_at_top,
-    )
+    tokenizer, text_encoder, unet = build_diffusion_models(args)
     ema = copy.deepcopy(unet).requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
@@ -415,17 +422,11 @@ def finetune_decoder(args: argparse.Namespace, state: dict[str, Any], log: Logge
 def export(args: argparse.Namespace, state: dict[str, Any], log: Logger) -> Path:
     """Write the diffusers Stable Diffusion directory (EMA UNet weights)."""
     out = Path(args.out)
-    tokenizer = build_shapes_tokenizer()
     vae = build_vae(args.seed)
     vae.load_state_dict(state["vae"])
     vae.register_to_config(scaling_factor=float(state["scaling_factor"]))
-    text_encoder = build_text_encoder(args.seed + 2, len(tokenizer), tokenizer.model_max_length)
+    tokenizer, text_encoder, unet = build_diffusion_models(args)
     text_encoder.load_state_dict(state["text_encoder"])
-    unet = build_unet(
-        args.seed + 1,
-        cross_attention_dim=text_encoder.config.hidden_size,
-        attention_at_top=args.attention_at_top,
-    )
     unet.load_state_dict(state["unet_ema"])
     save_sd_directory(
         out,
