@@ -37,8 +37,8 @@ Cost: the sweep runs every method at ``--steps`` 25 DDIM steps (all alike; the p
 diffusers' default is 50), and ours once more at its default 50 steps at r = 0.7: that row is the
 one the mask-IoU target is read from, and the contact sheet's. On a 2-core CPU, torch on one thread
 and one process scoring finished runs beside it, 200 tasks x 3 ratios took 1179 s (20 min) on
-models/shapes-v2 (1339 s on shapes-v1, machine shared with other jobs, load 3-5); at 50 steps for every method it would take about
-twice as long. ``diffedit_gt_mask``'s IoU is that of the region dilated to the latent grid (what
+models/shapes-v2 (1339 s on shapes-v1, machine shared with other jobs, load 3-5); at 50 steps for
+every method it would take about twice as long. ``diffedit_gt_mask``'s IoU is that of the region dilated to the latent grid (what
 it edits); ``meta.json`` also holds the IoU ceiling of a perfect latent-grid mask.
 
 Writes ``results.csv`` (one row per method x r), ``tasks.csv`` (one row per task x method x r),

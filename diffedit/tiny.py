@@ -75,8 +75,8 @@ SD_SCHEDULER_CONFIG: dict[str, Any] = {
 def build_word_tokenizer(words: list[str] | tuple[str, ...], model_max_length: int = 16) -> Any:
     """A CLIPTokenizer whose BPE vocabulary holds ``words`` (lower-case letters) as single tokens.
 
-    The vocabulary has CLIP's special tokens, every letter (alone and word-final), and for each word
-    the chain of merges that builds it left to right. Unknown words fall back to letters.
+    The vocabulary has CLIP's special tokens, every letter (alone and word-final), and the BPE merges
+    that build each word (``_word_bpe``). Unknown words fall back to letters and merged pieces.
     """
     from transformers import CLIPTokenizer
 
