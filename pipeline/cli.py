@@ -1,21 +1,34 @@
 """``diffedit-batch``: run, validate and preview DiffEdit batch jobs; prepare their manifests.
 
-Exit codes (``pipeline.job.ExitCode``): 0 success or nothing to do; 1 the run failed (rerun resumes);
-2 configuration or usage error; 3 unusable input (schema, null or duplicate ids) or an output that
-belongs to another configuration; 4 more rows failed than ``failure.max_failed_fraction`` allows.
+Exit codes (``pipeline.job.ExitCode``): 0 success or nothing to do; 1 the run failed or storage/Ray
+could not be reached (a rerun resumes); 2 configuration or usage error (also: a model that cannot be
+found, a malformed Ray address, a missing Ray auth token); 3 unusable input (schema, null or duplicate
+ids) or an output that belongs to another configuration; 4 more rows failed than
+``failure.max_failed_fraction`` allows; 143 (128 + SIGTERM) stopped by SIGTERM, e.g. Airflow's
+``execution_timeout``: Ray shut down cleanly, the committed rows stay, a rerun resumes.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
 import typer
+from typer.core import TyperOption
 
-from pipeline.config import ConfigError, StorageConfig, load_job
-from pipeline.job import ExitCode, InputError
+from pipeline.config import CONFIGS_DIR_ENV, ConfigError, StorageConfig, load_job
+from pipeline.job import ExitCode, package_version
 from pipeline.manifest import ManifestError
+from pipeline.validate import InputError, StorageError
+
+#: typer (0.29) shows a ``<bool>`` type beside every flag (``--overwrite <bool>``), which reads as if
+#: the flag took a value; flags take none, so show no type for them (``--help`` included).
+_display_type_rich = TyperOption.display_type_rich
+TyperOption.display_type_rich = lambda self, ctx: (  # type: ignore[method-assign]
+    None if self.is_flag else _display_type_rich(self, ctx)
+)
 
 app = typer.Typer(
     help="DiffEdit (Couairon et al., ICLR 2023) as a Ray Data batch job: manifests in, edited Parquet out.",
@@ -29,15 +42,33 @@ app.add_typer(prepare_app, name="prepare")
 log = logging.getLogger("pipeline")
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"diffedit-batch {package_version()}")
+        raise typer.Exit(0)
+
+
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Debug logging.")
+QUIET = typer.Option(False, "--quiet", "-q", help="Warnings and errors only.")
+
+
 @app.callback()
 def main(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
+    verbose: bool = VERBOSE,
+    quiet: bool = QUIET,
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """DiffEdit batch jobs on Ray Data."""
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    _setup_logging(verbose, quiet)
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    """Log to stderr at INFO (DEBUG with -v, WARNING with -q). The app's callback always calls it; a
+    command calls it again only for -q/-v written after the command name."""
     logger = logging.getLogger("pipeline")
-    logger.setLevel(level)
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     for old in [h for h in logger.handlers if getattr(h, "_diffedit", False)]:
         logger.removeHandler(old)  # a previous invocation's stream (in-process runners) may be closed
     handler = logging.StreamHandler(sys.stderr)
@@ -45,6 +76,31 @@ def main(
     handler._diffedit = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.propagate = False
+
+
+def _command_logging(verbose: bool, quiet: bool) -> None:
+    if verbose or quiet:
+        _setup_logging(verbose, quiet)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (Airflow's execution_timeout, ``kill``, a scheduler stopping the job)."""
+
+
+#: Exit code after SIGTERM: the shell's convention for "killed by signal 15" (128 + 15), which Airflow,
+#: cron wrappers and ``timeout(1)`` users recognise; the run was stopped, not failed, and resumes.
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def install_sigterm_handler() -> None:
+    """Turn SIGTERM into ``Terminated`` in the main thread (``ray.init`` installs its own handler,
+    ``sys.exit(15)``, which tears Ray down mid-call with a C++ stack dump; ``run_job`` reinstalls this
+    one after connecting)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _fail(code: ExitCode, message: str) -> typer.Exit:
@@ -88,42 +144,77 @@ def run(
         "--address",
         help="Ray cluster address (default $RAY_ADDRESS, else a local Ray sized to this machine).",
     ),
+    verbose: bool = VERBOSE,
+    quiet: bool = QUIET,
 ) -> None:
     """Run a job: edit every manifest row not yet in the output, then write the summary and _SUCCESS."""
-    from pipeline.job import run_job, summary_table
+    _command_logging(verbose, quiet)
+    install_sigterm_handler()
+    try:
+        from pipeline.job import run_job, summary_table
 
-    try:
-        job = load_job(job_file)
-    except ConfigError as exc:
-        raise _fail(ExitCode.CONFIG, f"config: {exc}") from None
-    try:
+        job = _load(job_file)
         outcome = run_job(job, overwrite=overwrite, address=address)
+    except Terminated:
+        _shutdown_ray()
+        typer.echo(
+            f"terminated: SIGTERM received; Ray shut down, committed rows kept, no _SUCCESS written; "
+            f"a rerun resumes (exit {EXIT_TERMINATED})",
+            err=True,
+        )
+        raise typer.Exit(EXIT_TERMINATED) from None
+    except typer.Exit:
+        raise
     except ConfigError as exc:
         raise _fail(ExitCode.CONFIG, f"config: {exc}") from None
     except (InputError, ManifestError) as exc:
         raise _fail(ExitCode.INPUT, f"input: {exc}") from None
+    except StorageError as exc:
+        raise _fail(ExitCode.ERROR, f"storage: {exc}; a rerun resumes") from None
     except Exception as exc:
         log.debug("run failed", exc_info=True)
         raise _fail(ExitCode.ERROR, f"run failed: {_cause(exc)}; a rerun resumes") from None
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if outcome.status != "already_complete":
         typer.echo(summary_table(outcome.summary))
     typer.echo(outcome.message)
     raise typer.Exit(int(outcome.exit_code))
 
 
+def _load(job_file: Path):  # -> JobConfig
+    try:
+        return load_job(job_file)
+    except ConfigError as exc:
+        if "preset" in str(exc) and "not found" in str(exc):
+            raise ConfigError(f"{exc} (named presets come from ${CONFIGS_DIR_ENV} when set)") from None
+        raise
+
+
+def _shutdown_ray() -> None:
+    """Stop this driver's Ray (a local cluster started here goes with it) if it was started."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 @app.command()
-def validate(job_file: Path = typer.Argument(..., help="The job YAML.")) -> None:
-    """Check the config, the input's schema and ids, the model's layout and the output, without
-    loading the model."""
+def validate(
+    job_file: Path = typer.Argument(..., help="The job YAML."), verbose: bool = VERBOSE, quiet: bool = QUIET
+) -> None:
+    """Run the preflight of `run` (config, input schema and ids, the model's layout and fingerprint,
+    the output's state) without loading the model or starting Ray."""
+    _command_logging(verbose, quiet)
     from pipeline.validate import validate_job
 
     try:
-        job = load_job(job_file)
-        lines = validate_job(job)
+        lines = validate_job(_load(job_file))
     except ConfigError as exc:
         raise _fail(ExitCode.CONFIG, f"config: {exc}") from None
     except (InputError, ManifestError) as exc:
         raise _fail(ExitCode.INPUT, f"input: {exc}") from None
+    except StorageError as exc:
+        raise _fail(ExitCode.ERROR, f"storage: {exc}") from None
     for line in lines:
         typer.echo(line)
     typer.echo("valid")
@@ -138,8 +229,11 @@ def preview(
     endpoint_url: str | None = ENDPOINT,
     region: str | None = REGION,
     anonymous: bool = ANONYMOUS,
+    verbose: bool = VERBOSE,
+    quiet: bool = QUIET,
 ) -> None:
     """Render a contact sheet (input | mask | edit) of some output rows."""
+    _command_logging(verbose, quiet)
     from pipeline.preview import render_preview
 
     try:
@@ -155,8 +249,11 @@ def prepare_shapes(
     rows: int = typer.Option(16, "--rows", "-n", min=1, help="Number of rows."),
     seed: int = typer.Option(0, "--seed", min=0, help="Task stream of the held-out scenes."),
     size: int = typer.Option(64, "--size", min=16, help="Image side in pixels."),
+    verbose: bool = VERBOSE,
+    quiet: bool = QUIET,
 ) -> None:
     """The synthetic shapes manifest of the demo job: held-out scenes, recolour queries, images inline."""
+    _command_logging(verbose, quiet)
     from pipeline.prepare import SHAPES_SCHEMA, shapes_rows, write_manifest
 
     records = shapes_rows(rows, seed=seed, size=size)
@@ -181,9 +278,12 @@ def prepare_coco(
     endpoint_url: str | None = ENDPOINT,
     region: str | None = REGION,
     anonymous: bool = ANONYMOUS,
+    verbose: bool = VERBOSE,
+    quiet: bool = QUIET,
 ) -> None:
     """The COCO recolour manifest: each caption's colour word swapped for another colour (deterministic);
     captions without a colour word are counted and left out."""
+    _command_logging(verbose, quiet)
     from pipeline.prepare import COCO_SCHEMA, coco_recolor_rows, load_coco_captions, write_manifest
 
     storage = _storage(endpoint_url, region, anonymous)

@@ -21,7 +21,18 @@ Rules (each violation is a ``ConfigError`` naming the file and the dotted key):
   ``${VAR:-default}`` falls back to ``default``, ``$${`` is a literal ``${``;
 * presets are merged first (a preset is a partial job file), the job file last: mappings merge key by
   key, everything else is replaced;
-* relative local paths are resolved against the current working directory when the job runs;
+* relative local paths (``input.paths``, ``output.path``, ``model.source``, ``model.cache_dir``,
+  folders in ``images.allow``) are resolved against the current working directory of the command, once,
+  before anything runs (``resolve_paths``); a job file and the presets it names are both partial
+  configurations of one job, and presets are shared (shipped with the package), so a path in them
+  cannot be relative to their own file; the working directory is the one base that means the same in
+  both, in a cron line (``cd /srv/diffedit && ...``), in Airflow (``cwd=``) and under ``ray job submit
+  --working-dir`` (the uploaded copy). Paths never enter the results identity (``pipeline.identity``),
+  so the same job from another checkout, or with the model moved, resumes the same output;
+* ``model.source`` is read by its form alone, never by guessing from what exists: ``hf://org/name``
+  is a Hugging Face Hub repository (``model.revision`` pins it); ``scheme://...`` is a URI (``s3://``,
+  ``gs://``, ``file://``...); anything else is a local path, and a local path that does not exist is a
+  configuration error (never a hub id);
 * credentials are never part of a config: ``storage`` takes no keys or secrets (S3 credentials come
   from the environment, e.g. ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` or an instance role).
 """
@@ -43,9 +54,11 @@ import yaml
 
 from diffedit.params import EditParams
 
-#: Where named presets live: ``$DIFFEDIT_CONFIGS`` or the repository's ``configs/`` folder.
+#: Where named presets live: ``$DIFFEDIT_CONFIGS``, else the presets shipped in the package
+#: (``pipeline/configs``, the repository's ``configs/`` folder, linked into the package and installed
+#: with it as package data).
 CONFIGS_DIR_ENV = "DIFFEDIT_CONFIGS"
-DEFAULT_CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 #: Keys that would carry credentials; refused with a pointer to the environment.
 CREDENTIAL_KEYS = frozenset(
@@ -189,39 +202,30 @@ class JobConfig:
         """sha256 of the resolved configuration (canonical JSON)."""
         return _sha256_json(self.to_dict())
 
-    @property
-    def results_hash(self) -> str:
-        """sha256 of what determines the output rows: input, model, parameters, image rules, device
-        and dtype. A rerun into an existing output must have the same one (else ``--overwrite``)."""
-        d = self.to_dict()
-        key = {k: d[k] for k in ("input", "model", "params", "images")}
-        key["compute"] = {k: d["compute"][k] for k in ("device", "dtype")}
-        return _sha256_json(key)
 
-
-def with_absolute_paths(job: JobConfig, cwd: str | None = None) -> JobConfig:
+def resolve_paths(job: JobConfig, cwd: str | None = None) -> JobConfig:
     """``job`` with its relative local paths (input, output, model, cache, allow-list folders) made
-    absolute against ``cwd`` (default: the working directory), as Ray workers have their own."""
+    absolute against ``cwd`` (default: the working directory), as Ray workers have their own. See the
+    module docstring for the rule; ``model.source`` keeps its form (``hf://``, a URI, or a path)."""
     base = Path(cwd or os.getcwd())
 
     def absolute(p: str) -> str:
-        if "://" in p or os.path.isabs(os.path.expanduser(p)):
-            return os.path.expanduser(p) if "://" not in p else p
-        return str(base / p)
+        if "://" in p or "::" in p:
+            return p
+        return os.path.normpath(str(base / os.path.expanduser(p)))
 
-    model_source = job.model.source
-    looks_like_hub = (
-        model_source.count("/") == 1 and not (base / model_source).exists() and "://" not in model_source
-    )
+    source = job.model.source
+    if source.startswith("file://"):
+        source = absolute(source[len("file://") :])
+    elif "://" not in source and "::" not in source:
+        source = absolute(source)
     return dataclasses.replace(
         job,
         input=InputConfig(paths=tuple(absolute(p) for p in job.input.paths)),
         output=dataclasses.replace(job.output, path=absolute(job.output.path)),
         model=dataclasses.replace(
             job.model,
-            source=model_source
-            if looks_like_hub or model_source.startswith("file://")
-            else absolute(model_source),
+            source=source,
             cache_dir=absolute(job.model.cache_dir) if job.model.cache_dir else None,
         ),
         images=dataclasses.replace(

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import logging
 import os
@@ -35,9 +36,10 @@ import pyarrow.compute as pc
 
 from pipeline import output as O
 from pipeline import rows as R
-from pipeline.config import ConfigError, JobConfig, with_absolute_paths
-from pipeline.manifest import ManifestError, ManifestInfo, inspect_manifest
+from pipeline.config import ConfigError, JobConfig
+from pipeline.manifest import ManifestInfo
 from pipeline.storage import filesystem, join, redact
+from pipeline.validate import InputError, StorageError, preflight  # noqa: F401 (re-exported)
 
 log = logging.getLogger("pipeline")
 
@@ -51,10 +53,6 @@ class ExitCode(IntEnum):
     CONFIG = 2  # the job file or the command line is wrong
     INPUT = 3  # the input is unusable (schema, null/duplicate ids) or conflicts with the output
     POLICY = 4  # finished, but more rows failed than failure.max_failed_fraction allows
-
-
-class InputError(ValueError):
-    """The input or the existing output prevents the run (exit code 3)."""
 
 
 @dataclass(frozen=True)
@@ -84,51 +82,39 @@ def new_run_id() -> str:
 
 
 def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = None) -> RunOutcome:
-    """Run ``job`` to completion (see the module docstring). Raises ``ConfigError``, ``InputError`` /
-    ``ManifestError`` before any work, and anything else when the run itself fails."""
+    """Run ``job`` to completion (see the module docstring). Raises ``ConfigError``, ``InputError`` or
+    ``StorageError`` from the preflight, before Ray is started or anything is written, and anything
+    else when the run itself fails."""
     started = time.time()
     run_id = new_run_id()
-    job = with_absolute_paths(job)
-    try:
-        manifest = inspect_manifest(job.input.paths, job.storage)
-    except ManifestError as exc:
-        raise InputError(str(exc)) from None
-    assert manifest.ids is not None
-    input_ids = manifest.ids.to_pylist()
-    out_fs, out = filesystem(job.output.path, job.storage)
+    pre = preflight(job, overwrite=overwrite)  # every check validate does; nothing written yet
     shown_out = redact(job.output.path)
+    if pre.complete:
+        out_fs, out = filesystem(pre.job.output.path, pre.job.storage)
+        summary = O.read_json(out_fs, join(out, O.SUMMARY_FILE)) or {}
+        message = (
+            f"already complete: all {len(pre.input_ids)} rows are in {shown_out} (_SUCCESS present); "
+            "nothing to do (--overwrite starts afresh)"
+        )
+        return RunOutcome(ExitCode.OK, "already_complete", message, summary)
+    written, job = job, pre.job
+    manifest, input_ids = pre.manifest, pre.input_ids
+    input_set = set(input_ids)
+    done = frozenset() if overwrite else frozenset(pre.committed)
+    todo = len(input_set - done)
+    if todo:  # before touching the output: a plan that cannot run is a config error
+        try:
+            started_here = ensure_ray(address)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:  # a malformed address, a missing auth token
+            raise ConfigError(f"Ray: {_first_line(exc)}") from None
+        check_resources(job, local=started_here)
+
+    out_fs, out = filesystem(job.output.path, job.storage)
     if overwrite:
         removed = O.clear_output(out_fs, out)
         log.info("--overwrite: removed %d part(s) and the markers from %s", removed, shown_out)
-
-    prior = O.read_json(out_fs, join(out, O.JOB_FILE))
-    committed = O.read_parts(out_fs, out, columns=["id"]).column("id").to_pylist()
-    if committed and prior and prior.get("results_hash") != job.results_hash:
-        raise InputError(
-            f"output {shown_out} holds {len(committed)} rows made with another configuration "
-            f"(results hash {str(prior.get('results_hash'))[:12]}, this job {job.results_hash[:12]}): "
-            "use --overwrite, or another output path"
-        )
-    input_set = set(input_ids)
-    extra = set(committed) - input_set
-    if extra:
-        raise InputError(
-            f"output {shown_out} holds {len(extra)} id(s) that the input does not (e.g. {sorted(extra)[:3]}): "
-            "use --overwrite, or another output path"
-        )
-    done = frozenset(committed)
-    todo = len(input_set - done)
-    if todo == 0 and O.exists(out_fs, join(out, O.SUCCESS_FILE)):
-        summary = O.read_json(out_fs, join(out, O.SUMMARY_FILE)) or {}
-        message = (
-            f"already complete: all {len(input_ids)} rows are in {shown_out} (_SUCCESS present); nothing to do "
-            "(--overwrite starts afresh)"
-        )
-        return RunOutcome(ExitCode.OK, "already_complete", message, summary)
-
-    if todo:  # before touching the output: a plan that cannot run is a config error
-        started_here = ensure_ray(address)
-        check_resources(job, local=started_here)
     O.write_json_atomic(
         out_fs,
         join(out, O.JOB_FILE),
@@ -137,12 +123,14 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
             "job": job.name,
             "config_file": job.source,
             "config_hash": job.config_hash,
-            "results_hash": job.results_hash,
+            "results_hash": pre.results_hash,
+            "results_identity": pre.identity,
             "started_at": _iso(started),
         },
     )
     O.remove(out_fs, join(out, O.SUCCESS_FILE))
     O.remove(out_fs, join(out, O.STAGING), recursive=True)
+    O.remove_legacy(out_fs, out)
     log.info(
         "run %s of job %s: %d input rows in %d file(s); %d already committed in %s; %d to edit",
         run_id, job.name, len(input_ids), len(manifest.files), len(done), shown_out, todo,
@@ -151,7 +139,13 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
     edit_seconds = 0.0
     if todo:
         edit_started = time.time()
-        execute(job, manifest, done, run_id, out_fs, out)
+        # The actors load the model where the preflight found it (a hub revision pinned to its commit)
+        # and label rows with the source as written in the job, not a resolved or ephemeral path.
+        loaded = dataclasses.replace(
+            job,
+            model=dataclasses.replace(job.model, source=pre.model.location, revision=pre.model.revision),
+        )
+        execute(loaded, manifest, done, run_id, out_fs, out, model_label=redact(written.model.source))
         edit_seconds = time.time() - edit_started
 
     removed = O.dedupe(out_fs, out)
@@ -168,8 +162,8 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
             f"(e.g. {sorted(missing)[:3]}), {len(doubled)} duplicated; rerun the job to complete it"
         )
     summary = build_summary(
-        job, manifest, final, run_id=run_id, started=started, edit_seconds=edit_seconds,
-        skipped=len(done), duplicates_removed=removed,
+        written, manifest, final, run_id=run_id, started=started, edit_seconds=edit_seconds,
+        skipped=len(done), duplicates_removed=removed, results_hash=pre.results_hash,
     )  # fmt: skip
     passed = summary["output"]["failed_fraction"] <= job.failure.max_failed_fraction
     summary["status"] = "succeeded" if passed else "failed_policy"
@@ -188,6 +182,11 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
     return RunOutcome(ExitCode.POLICY, "failed_policy", message, summary)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def execute(
     job: JobConfig,
     manifest: ManifestInfo,
@@ -195,8 +194,11 @@ def execute(
     run_id: str,
     out_fs: fsspec.AbstractFileSystem,
     out: str,
+    *,
+    model_label: str | None = None,
 ) -> list[O.PartWritten]:
-    """Build and run the Ray Data plan over the rows not in ``done`` (Ray must be initialised)."""
+    """Build and run the Ray Data plan over the rows not in ``done`` (Ray must be initialised).
+    ``model_label``: the ``model`` column's value (default: the source the actors load)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -231,7 +233,7 @@ def execute(
         compute=pool,
         num_cpus=c.cpus_per_actor,
         num_gpus=c.gpus_per_actor,
-        fn_constructor_kwargs={"job": job},
+        fn_constructor_kwargs={"job": job, "model_label": model_label},
         runtime_env={"env_vars": actor_env()},
     )
     ds = ds.map_batches(
@@ -241,6 +243,9 @@ def execute(
         fn_kwargs={"run_id": run_id, "version": package_version()},
         **io,
     )
+    # Parts of exactly output.rows_per_file rows (the last one of a run may hold fewer): re-block the
+    # stream (a streaming repartition, not an all-to-all shuffle), and the sink merges what it gets.
+    ds = ds.repartition(target_num_rows_per_block=job.output.rows_per_file)
     sink = O.make_datasink(out_fs, out, job.output.rows_per_file, run_id)
     ds.write_datasink(sink, ray_remote_args=io)
     return sink.written
@@ -310,6 +315,7 @@ def build_summary(
     edit_seconds: float,
     skipped: int,
     duplicates_removed: int,
+    results_hash: str,
 ) -> dict[str, Any]:
     """The run summary (``_summary.json``): counts, throughput, durations, hashes, versions."""
     statuses = final.column("status").to_pylist()
@@ -340,7 +346,7 @@ def build_summary(
         "job": job.name,
         "config_file": job.source,
         "config_hash": job.config_hash,
-        "results_hash": job.results_hash,
+        "results_hash": results_hash,
         "run_id": run_id,
         "started_at": _iso(started),
         "finished_at": _iso(finished),

@@ -31,11 +31,10 @@ from typing import get_type_hints
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from diffedit.params import EditParams
 from pipeline.config import StorageConfig
-from pipeline.storage import filesystem, scheme_of
+from pipeline.storage import filesystem, parquet_file, scheme_of
 
 ID, IMAGE, IMAGE_BYTES, CAPTION, QUERY, SEED = "id", "image", "image_bytes", "caption", "query", "seed"
 OVERRIDE_COLUMNS: tuple[str, ...] = EditParams.field_names()
@@ -45,6 +44,15 @@ MAX_SEED = 2**63 - 1
 
 class ManifestError(ValueError):
     """The input as a whole is unusable: no files, a wrong schema, null or duplicate ids."""
+
+    retryable = False
+
+
+class ManifestStorageError(ManifestError):
+    """The input's storage could not be reached or listed (endpoint down, timeout): not a property of
+    the input, so a later attempt may succeed (exit 1, not 3)."""
+
+    retryable = True
 
 
 @dataclass(frozen=True)
@@ -95,8 +103,10 @@ def resolve_files(
                 raise ManifestError(f"input.paths[{i}]: {uri}: no such file or prefix")
         except ManifestError:
             raise
-        except Exception as exc:
-            raise ManifestError(
+        except FileNotFoundError:
+            raise ManifestError(f"input.paths[{i}]: {uri}: no such file or prefix") from None
+        except Exception as exc:  # connection refused, timeouts, throttling: the storage, not the input
+            raise ManifestStorageError(
                 f"input.paths[{i}]: {uri}: cannot list: {type(exc).__name__}: {exc}"
             ) from None
         found.extend(matches)
@@ -181,15 +191,14 @@ def inspect_manifest(paths: Sequence[str], storage: StorageConfig, *, read_ids: 
     for path in files:
         shown = _display(fs, path)
         try:
-            with fs.open(path, "rb") as f:
-                pf = pq.ParquetFile(f)
-                schema = pf.schema_arrow
-                num_rows += pf.metadata.num_rows
-                file_problems = check_schema(schema, shown)
-                problems.extend(file_problems)
-                columns.update(schema.names)
-                if read_ids and not file_problems:
-                    id_chunks.append(pf.read(columns=[ID]).column(ID).cast(pa.string()))
+            pf = parquet_file(fs, path)  # a pyarrow filesystem, never a Python file object
+            schema = pf.schema_arrow
+            num_rows += pf.metadata.num_rows
+            file_problems = check_schema(schema, shown)
+            problems.extend(file_problems)
+            columns.update(schema.names)
+            if read_ids and not file_problems:
+                id_chunks.append(pf.read(columns=[ID]).column(ID).cast(pa.string()))
         except (OSError, pa.ArrowException) as exc:
             problems.append(f"{shown}: not a readable Parquet file: {exc}")
     if problems:
@@ -240,6 +249,7 @@ __all__ = [
     "OVERRIDE_COLUMNS",
     "ManifestError",
     "ManifestInfo",
+    "ManifestStorageError",
     "check_ids",
     "check_schema",
     "default_seed",

@@ -1,35 +1,43 @@
-"""The output folder: atomically committed Parquet parts, the run summary and the ``_SUCCESS`` marker.
+"""The output folder: atomically committed Parquet parts, the run summary and the success marker.
 
 Layout of ``output.path``::
 
-    part-<sha256 of the file's ids>.parquet   committed rows (complete files only)
-    _staging/                                 files being written; never read
-    _job.json                                 the run that owns the folder: run id, config hashes
-    _summary.json                             the last run's summary (written before _SUCCESS)
-    _SUCCESS                                  every input id is committed and the failure policy held
+    part-<sha256 of the file's ids>.parquet   committed rows (complete files only): the dataset
+    .diffedit/_SUCCESS                        every input id is committed and the failure policy held
+    .diffedit/job.json                        the run that owns the folder: run id, results hash
+    .diffedit/summary.json                    the last run's summary (written before _SUCCESS)
+    .diffedit/staging/part-<hash>.parquet.<uuid>.tmp   parts being written; never read
+
+Only the parts are visible to readers. Everything else lives in the hidden ``.diffedit/`` folder, and a
+staged file's name does not end in ``.parquet``: pyarrow.dataset, pandas, Ray Data, Spark and DuckDB
+skip ``.``-prefixed names (or only glob ``*.parquet``), and Hugging Face ``datasets`` skips hidden files
+and folders, so ``load_dataset("parquet", data_files="<out>/*")`` or ``data_dir="<out>"`` reads exactly
+the committed rows, during a run, after a kill and after success. (A ``_SUCCESS`` file in the folder
+itself, Hadoop's convention, is read by ``datasets`` as a data file and fails the load.)
 
 Exactly-once, by construction rather than by Ray Data's checkpointing (which, on Ray 2.60, writes data
 files under their final names, so a reader can see a half-written file, and whose checkpoint filter
 actor reserves a whole CPU, which left a resumed run on a 2-core machine waiting for ever):
 
-* each part is written to ``_staging/`` and then renamed into place (a local rename is atomic; on S3 a
-  copy makes the object appear complete or not at all), so a reader never sees a partial file;
-  readers skip ``_``-prefixed names (pyarrow, Spark, Ray and ``datasets`` do by default);
+* each part is written to ``.diffedit/staging/`` and then renamed into place (a local rename is atomic;
+  on S3 a copy makes the object appear complete or not at all), so a reader never sees a partial file;
 * a part's name is the hash of its ids, so a retried write task rewrites the same file instead of
   adding a second copy;
 * before a run, the ids already committed are read (the ``id`` column only) and their rows are dropped
   from the input, so a rerun after a crash edits only the missing rows;
-* before every commit the writer checks that its run still owns the folder (``_job.json``): the
+* before every commit the writer checks that its run still owns the folder (``job.json``): the
   workers of a killed driver, which may live on for a few seconds, stop committing once a new run has
   started;
 * after the run, ``dedupe`` removes any id committed twice (only possible if two runs raced), before
-  ``_summary.json`` and then ``_SUCCESS`` are written.
+  ``summary.json`` and then ``_SUCCESS`` are written.
+
+Parquet is read and written through pyarrow filesystems (``pipeline.storage.read_parquet``,
+``parquet_bytes``), never through Python file objects (an Arrow teardown bug aborts the process at exit).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import posixpath
@@ -41,15 +49,22 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline import rows as R
-from pipeline.storage import join
+from pipeline.storage import join, parquet_bytes, read_parquet
 
 log = logging.getLogger(__name__)
 
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
-STAGING, JOB_FILE, SUMMARY_FILE, SUCCESS_FILE = "_staging", "_job.json", "_summary.json", "_SUCCESS"
+#: The hidden folder of everything that is not data; the names below are relative to ``output.path``.
+META_DIR = ".diffedit"
+STAGING = f"{META_DIR}/staging"
+JOB_FILE = f"{META_DIR}/job.json"
+SUMMARY_FILE = f"{META_DIR}/summary.json"
+SUCCESS_FILE = f"{META_DIR}/_SUCCESS"
+#: What earlier versions wrote directly in the folder (readers tripped on them): removed by every run.
+LEGACY_FILES = ("_SUCCESS", "_job.json", "_summary.json")
+LEGACY_DIRS = ("_staging",)
 
 
 class OwnershipLost(RuntimeError):
@@ -74,8 +89,7 @@ def read_parts(fs: fsspec.AbstractFileSystem, out: str, columns: list[str] | Non
     """The committed rows (``columns`` only), with the column ``_file``; empty table if none."""
     tables = []
     for path in part_files(fs, out):
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=columns)
+        table = read_parquet(fs, path, columns)
         tables.append(table.append_column("_file", pa.array([path] * table.num_rows, pa.string())))
     if not tables:
         schema = (
@@ -131,10 +145,17 @@ def clear_output(fs: fsspec.AbstractFileSystem, out: str) -> int:
     parts = part_files(fs, out)
     for path in parts:
         fs.rm(path)
-    for name in (SUCCESS_FILE, SUMMARY_FILE, JOB_FILE):
-        remove(fs, join(out, name))
-    remove(fs, join(out, STAGING), recursive=True)
+    remove(fs, join(out, META_DIR), recursive=True)
+    remove_legacy(fs, out)
     return len(parts)
+
+
+def remove_legacy(fs: fsspec.AbstractFileSystem, out: str) -> None:
+    """Remove the markers and staging folder that earlier versions wrote among the parts."""
+    for name in LEGACY_FILES:
+        remove(fs, join(out, name))
+    for name in LEGACY_DIRS:
+        remove(fs, join(out, name), recursive=True)
 
 
 # --------------------------------------------------------------------------- committing
@@ -159,10 +180,8 @@ def commit_table(
     staging = join(out, STAGING)
     tmp = join(staging, f"{name}.{uuid.uuid4().hex}.tmp")
     fs.makedirs(staging, exist_ok=True)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
     with fs.open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
+        f.write(parquet_bytes(table, compression="zstd"))
     if run_id is not None:
         owner = (read_json(fs, join(out, JOB_FILE)) or {}).get("run_id")
         if owner != run_id:
@@ -190,14 +209,20 @@ def commit_blocks(
     rows_per_file: int,
     run_id: str | None,
 ) -> PartWritten:
-    """Commit ``tables`` as parts of at most ``rows_per_file`` rows each."""
+    """Commit the rows of ``tables`` as parts of ``rows_per_file`` rows each (the last one may hold
+    fewer): the blocks a write task receives are concatenated first, so small blocks do not make small
+    parts. (``pipeline.job`` also re-blocks the stream to ``rows_per_file`` rows before the sink, so every
+    write task gets one full part's rows.)"""
+    tables = [t for t in tables if t.num_rows]
     files, rows, ok = [], 0, 0
-    for table in tables:
-        for start in range(0, table.num_rows, rows_per_file):
-            chunk = table.slice(start, rows_per_file)
-            files.append(commit_table(fs, out, chunk, run_id=run_id))
-            rows += chunk.num_rows
-            ok += sum(1 for s in chunk.column("status").to_pylist() if s == R.OK)
+    if not tables:
+        return PartWritten(files=(), rows=0, ok=0, failed=0)
+    table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    for start in range(0, table.num_rows, rows_per_file):
+        chunk = table.slice(start, rows_per_file)
+        files.append(commit_table(fs, out, chunk, run_id=run_id))
+        rows += chunk.num_rows
+        ok += sum(1 for s in chunk.column("status").to_pylist() if s == R.OK)
     return PartWritten(files=tuple(files), rows=rows, ok=ok, failed=rows - ok)
 
 
@@ -248,8 +273,7 @@ def dedupe(fs: fsspec.AbstractFileSystem, out: str) -> int:
             seen.add(row_id)
     removed = 0
     for path, drop in sorted(drop_by_file.items()):
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+        table = read_parquet(fs, path)
         keep = pa.array([i not in drop for i in table.column("id").to_pylist()])
         kept = table.filter(keep)
         removed += table.num_rows - kept.num_rows

@@ -7,7 +7,6 @@ same manifest.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -15,12 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline import output as O
 from pipeline.config import StorageConfig
 from pipeline.images import encode_png
-from pipeline.storage import filesystem, join
+from pipeline.storage import filesystem, join, parquet_bytes
 
 MANIFEST_NAME = "manifest.parquet"
 
@@ -33,9 +31,7 @@ def write_manifest(
     fs, path = filesystem(out, storage)
     target = path if path.endswith(".parquet") else join(path, MANIFEST_NAME)
     table = pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, row_group_size=1024)
-    O.write_bytes_atomic(fs, target, buffer.getvalue())
+    O.write_bytes_atomic(fs, target, parquet_bytes(table, row_group_size=1024))
     return target
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import io
 import textwrap
 
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import output as O
 from pipeline import rows as R
 from pipeline.config import StorageConfig
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, read_parquet
 
 PREVIEW_COLUMNS = [
     "id",
@@ -35,8 +34,7 @@ def read_rows(output: str, storage: StorageConfig, rows: int, include_failed: bo
     ok: list[dict] = []
     failed: list[dict] = []
     for part in parts:
-        with fs.open(part, "rb") as f:
-            table = pq.read_table(f, columns=PREVIEW_COLUMNS)
+        table = read_parquet(fs, part, PREVIEW_COLUMNS)
         for row in table.to_pylist():
             (ok if row["status"] == R.OK else failed).append(row)
         if len(ok) >= rows:

@@ -109,7 +109,9 @@ def _plain(value: Any) -> Any:
 class EditStage:
     """The Ray Data callable class of the model stage: one resident ``DiffEditor`` per actor."""
 
-    def __init__(self, job: JobConfig) -> None:
+    def __init__(self, job: JobConfig, model_label: str | None = None) -> None:
+        """``model_label``: the ``model`` column's value, the source as the job wrote it (default: the
+        source loaded, without credentials)."""
         import torch
 
         from diffedit.editor import DiffEditor
@@ -134,7 +136,7 @@ class EditStage:
             storage_options=options,
         )
         self.editor = DiffEditor(self.bundle, job.params, max_batch=compute.max_batch)
-        self.model = redact(self.bundle.source)
+        self.model = model_label or redact(self.bundle.source)
         log.info(
             "model %s loaded in %.1f s (torch threads: %d)", self.model, time.perf_counter() - start, threads
         )

@@ -93,3 +93,44 @@ def redact(uri: str) -> str:
     parts = urlsplit(uri)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> Any:
+    """The pyarrow filesystem over ``fs``: Arrow's own ``LocalFileSystem`` for local paths, else
+    ``PyFileSystem(FSSpecHandler(fs))``.
+
+    Everything that reads or writes Parquet goes through this (``read_parquet``, ``write_parquet``),
+    never through a Python file object: Arrow reading from ``fs.open(...)`` handles can abort
+    (``terminate called without an active exception``, exit 134) or hang at interpreter exit (Arrow
+    issues 33975, 34314, 50482).
+    """
+    import pyarrow.fs as pafs
+
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def read_parquet(fs: fsspec.AbstractFileSystem, path: str, columns: list[str] | None = None) -> Any:
+    """One Parquet file (``columns`` only) as a ``pyarrow.Table``, read through ``arrow_filesystem``."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=columns, filesystem=arrow_filesystem(fs), partitioning=None)
+
+
+def parquet_file(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` (footer read, columns on demand), through ``arrow_filesystem``."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path, filesystem=arrow_filesystem(fs))
+
+
+def parquet_bytes(table: Any, **options: Any) -> bytes:
+    """``table`` encoded as a Parquet file, in memory (an Arrow buffer, not a Python file object)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **options)
+    return sink.getvalue().to_pybytes()

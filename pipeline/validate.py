@@ -1,136 +1,170 @@
-"""``diffedit-batch validate``: everything that can be checked without loading the model or Ray.
+"""The preflight: every check that needs neither the model's weights in memory nor Ray.
 
-The config is already strict (``pipeline.config``); this adds the input (schema, row count, ids), the
-model's directory layout (local or remote, from its file listing and small JSON files only), the
-rows' image URIs against the allow-list, and the state of the output.
+``preflight(job)`` is what ``diffedit-batch validate`` prints and what ``run`` does first, before it
+starts Ray or writes anything to the output, so the two always agree:
+
+1. paths: relative local paths resolved against the working directory (``config.resolve_paths``);
+2. input: every manifest file's schema, the row count, ids (non-null, non-empty, unique);
+3. images: the rows' image URIs against ``images.allow`` (a warning: such rows fail);
+4. model: found by its form (local directory, URI, ``hf://`` repository), its layout checked from its
+   file listing and small JSON files, its fingerprint taken (``pipeline.identity``);
+5. output: the committed ids, the owner's results hash against this job's (``pipeline.identity``,
+   the one definition), ids the input does not have, and whether ``_SUCCESS`` says it is complete.
+
+A configuration problem is a ``ConfigError`` (exit 2), an unusable input or an output that belongs to
+another configuration an ``InputError`` (exit 3), storage that cannot be reached a ``StorageError``
+(exit 1: retryable).
 """
 
 from __future__ import annotations
 
-import json
-import os
+from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from pipeline import output as O
-from pipeline.config import ConfigError, JobConfig
+from pipeline.config import JobConfig, resolve_paths
+from pipeline.identity import ModelSource, identity_difference, inspect_model, results_hash, results_identity
 from pipeline.images import is_allowed
-from pipeline.manifest import IMAGE, ManifestError, inspect_manifest
-from pipeline.storage import filesystem, redact
+from pipeline.manifest import IMAGE, ManifestError, ManifestInfo, inspect_manifest
+from pipeline.storage import filesystem, join, parquet_file, redact
 
 
-def check_model(job: JobConfig) -> str:
-    """Check ``model.source`` without loading weights; a description of what was found."""
-    from diffedit.loading import ModelLayoutError, UnsafeWeightsError, check_layout
+class InputError(ValueError):
+    """The input or the existing output prevents the run (exit code 3)."""
 
-    source = job.model.source
-    where = f"{job.source}: model.source {redact(source)}"
-    local_path = source[len("file://") :] if source.startswith("file://") else source
-    if "://" in source and not source.startswith("file://"):
-        try:
-            fs, root = filesystem(source, job.storage)
-            root = root.rstrip("/")
-            listing = fs.find(root)
-        except Exception as exc:
-            raise ConfigError(f"{where}: cannot list: {type(exc).__name__}: {exc}") from None
-        files = {p[len(root) + 1 :] for p in listing if p.startswith(root + "/")}
-        if not files:
-            raise ConfigError(f"{where}: no such model directory (nothing under it)")
 
-        def read_json(rel: str) -> Any:
-            with fs.open(f"{root}/{rel}", "rb") as f:
-                return json.load(f)
+class StorageError(RuntimeError):
+    """Storage could not be reached or listed (exit code 1: a later attempt may succeed)."""
 
-        kind = "remote directory"
-    elif os.path.exists(os.path.expanduser(local_path)):
-        root = os.path.abspath(os.path.expanduser(local_path))
-        if not os.path.isdir(root):
-            raise ConfigError(f"{where}: is a file, not a model directory")
-        files = set()
-        for directory, subdirs, names in os.walk(root):
-            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-            rel = os.path.relpath(directory, root)
-            files.update(
-                os.path.normpath(os.path.join(rel, n)).replace(os.sep, "/")
-                for n in names
-                if not n.startswith(".")
-            )
 
-        def read_json(rel: str) -> Any:
-            with open(os.path.join(root, rel)) as f:
-                return json.load(f)
+@dataclass(frozen=True)
+class Preflight:
+    """What the preflight found; ``job`` has its paths resolved."""
 
-        kind = "local directory"
-    elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
-        return (
-            f"hub id {source}"
-            + (f" @ {job.model.revision}" if job.model.revision else "")
-            + " (not checked: needs the hub)"
-        )
-    else:
-        raise ConfigError(f"{where}: no such directory (nor a URI or a hub id org/name)")
+    job: JobConfig
+    manifest: ManifestInfo
+    model: ModelSource
+    identity: dict[str, Any]
+    results_hash: str
+    committed: tuple[str, ...]  # ids in the output now
+    prior: dict[str, Any] | None  # the output's job.json
+    complete: bool  # every input id committed, _SUCCESS present, same results hash: a run is a no-op
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def input_ids(self) -> list[str]:
+        assert self.manifest.ids is not None
+        return self.manifest.ids.to_pylist()
+
+
+def preflight(job: JobConfig, *, overwrite: bool = False, cwd: str | None = None) -> Preflight:
+    """Run every check (module docstring) and return what was found, with a report of one line each."""
+    written = job
+    job = resolve_paths(job, cwd)
+    lines = [f"config {job.source}: OK (name {job.name}, config hash {job.config_hash[:16]})"]
+    manifest = _inspect_input(job)
+    assert manifest.ids is not None
+    lines.append(
+        f"input: {manifest.num_rows} rows in {len(manifest.files)} file(s), ids unique; "
+        f"columns {list(manifest.columns)}"
+    )
+    if manifest.ignored_columns:
+        lines.append(f"input: ignored columns {list(manifest.ignored_columns)}")
+    lines.extend(_check_image_uris(job, manifest))
+    model = inspect_model(job)
+    lines.append(f"model: {model.description}")
+    identity = results_identity(job, model)
+    key = results_hash(identity)
+    lines.append(f"results hash {key[:16]} (model, params, image rules, device/dtype; never paths)")
+
+    shown = redact(written.output.path)
     try:
-        weights = check_layout(files, read_json, where)
-    except (ModelLayoutError, UnsafeWeightsError) as exc:
-        raise ConfigError(str(exc)) from None
-    count = sum(len(v) for v in weights.values())
-    return f"{kind} {redact(source)}: Stable Diffusion layout OK ({count} safetensors file(s))"
+        out_fs, out = filesystem(job.output.path, job.storage)
+        committed = O.read_parts(out_fs, out, columns=["id"]).column("id").to_pylist()
+        done = O.exists(out_fs, join(out, O.SUCCESS_FILE))
+        prior = O.read_json(out_fs, join(out, O.JOB_FILE))
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"output {shown}: cannot read: {type(exc).__name__}: {exc}") from None
+    input_set = set(manifest.ids.to_pylist())
+    state = f"output {shown}: "
+    complete = False
+    if overwrite:
+        state += f"holds {len(committed)} rows: --overwrite removes them first"
+    elif not committed:
+        state += "empty (a run starts afresh)"
+    else:
+        if prior and prior.get("results_hash") != key:
+            raise InputError(
+                f"output {shown} holds {len(committed)} rows made with another configuration (results hash "
+                f"{str(prior.get('results_hash'))[:12]}, this job {key[:12]}; differs in: "
+                f"{identity_difference(prior.get('results_identity'), identity)}): use --overwrite, or "
+                "another output path"
+            )
+        extra = set(committed) - input_set
+        if extra:
+            raise InputError(
+                f"output {shown} holds {len(extra)} id(s) that the input does not (e.g. {sorted(extra)[:3]}): "
+                "use --overwrite, or another output path"
+            )
+        complete = done and input_set <= set(committed)
+        if complete:
+            state += f"complete ({len(committed)} rows, _SUCCESS present: a run is a no-op)"
+        else:
+            state += f"{len(committed)} of {manifest.num_rows} rows committed (a run resumes)"
+    lines.append(state)
+    return Preflight(
+        job=job,
+        manifest=manifest,
+        model=model,
+        identity=identity,
+        results_hash=key,
+        committed=tuple(committed),
+        prior=prior,
+        complete=complete,
+        lines=lines,
+    )
+
+
+def _inspect_input(job: JobConfig) -> ManifestInfo:
+    try:
+        return inspect_manifest(job.input.paths, job.storage)
+    except ManifestError as exc:
+        if getattr(exc, "retryable", False):
+            raise StorageError(str(exc)) from None
+        raise InputError(str(exc)) from None
+
+
+def _check_image_uris(job: JobConfig, manifest: ManifestInfo) -> list[str]:
+    """A warning line when rows' image URIs fall outside ``images.allow`` (those rows will fail)."""
+    if IMAGE not in manifest.columns:
+        return []
+    fs, _ = filesystem(job.input.paths[0], job.storage)
+    outside = total = 0
+    examples: list[str] = []
+    for path in manifest.files:
+        pf = parquet_file(fs, path)
+        if IMAGE not in pf.schema_arrow.names:
+            continue
+        for uri in pf.read(columns=[IMAGE]).column(IMAGE).to_pylist():
+            if uri:
+                total += 1
+                if not is_allowed(uri, job.images.allow):
+                    outside += 1
+                    if len(examples) < 3:
+                        examples.append(redact(uri))
+    if not total:
+        return []
+    if outside:
+        return [
+            f"images: WARNING {outside} of {total} image URIs are outside images.allow "
+            f"(these rows will fail), e.g. {examples}"
+        ]
+    return [f"images: all {total} image URIs are inside images.allow"]
 
 
 def validate_job(job: JobConfig) -> list[str]:
-    """Run every check; a report (one line each). Raises ``ConfigError`` (model) or ``ManifestError``
-    (input)."""
-    lines = [f"config {job.source}: OK (name {job.name}, config hash {job.config_hash[:16]})"]
-    info = inspect_manifest(job.input.paths, job.storage)
-    assert info.ids is not None
-    lines.append(
-        f"input: {info.num_rows} rows in {len(info.files)} file(s), ids unique; columns {list(info.columns)}"
-    )
-    if info.ignored_columns:
-        lines.append(f"input: ignored columns {list(info.ignored_columns)}")
-    fs, _ = filesystem(job.input.paths[0], job.storage)
-    outside = total_uris = 0
-    examples: list[str] = []
-    if IMAGE in info.columns:
-        for path in info.files:
-            with fs.open(path, "rb") as f:
-                schema = pq.read_schema(f)
-            if IMAGE not in schema.names:
-                continue
-            with fs.open(path, "rb") as f:
-                uris = pq.read_table(f, columns=[IMAGE]).column(IMAGE).to_pylist()
-            for uri in uris:
-                if uri:
-                    total_uris += 1
-                    if not is_allowed(uri, job.images.allow):
-                        outside += 1
-                        if len(examples) < 3:
-                            examples.append(redact(uri))
-    if total_uris:
-        if outside:
-            lines.append(
-                f"images: WARNING {outside} of {total_uris} image URIs are outside images.allow "
-                f"(these rows will fail), e.g. {examples}"
-            )
-        else:
-            lines.append(f"images: all {total_uris} image URIs are inside images.allow")
-    lines.append(f"model: {check_model(job)}")
-    out_fs, out = filesystem(job.output.path, job.storage)
-    committed = O.read_parts(out_fs, out, columns=["id"]).column("id").to_pylist()
-    done = O.exists(out_fs, f"{out.rstrip('/')}/{O.SUCCESS_FILE}")
-    prior = O.read_json(out_fs, f"{out.rstrip('/')}/{O.JOB_FILE}")
-    state = f"output {redact(job.output.path)}: "
-    if not committed:
-        state += "empty (a run starts afresh)"
-    elif prior and prior.get("results_hash") != job.results_hash:
-        state += f"WARNING holds {len(committed)} rows of another configuration (run needs --overwrite)"
-    elif done and len(set(committed)) == len(set(info.ids.to_pylist())):
-        state += f"complete ({len(committed)} rows, _SUCCESS present: a run is a no-op)"
-    else:
-        state += f"{len(committed)} of {info.num_rows} rows committed (a run resumes)"
-    lines.append(state)
-    return lines
+    """``preflight``'s report."""
+    return preflight(job).lines
 
 
-__all__ = ["ManifestError", "check_model", "validate_job"]
+__all__ = ["InputError", "ManifestError", "Preflight", "StorageError", "preflight", "validate_job"]

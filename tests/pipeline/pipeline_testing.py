@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline.storage import parquet_bytes, read_parquet
+
 REPO = Path(__file__).resolve().parents[2]
 
 #: Small, fast DiffEdit parameters for the tiny model (native size 32 px).
@@ -59,9 +61,8 @@ def write_manifest(
     if fs is None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, str(path))
-    else:
-        with fs.open(str(path), "wb") as f:
-            pq.write_table(table, f)
+    else:  # an Arrow buffer, never a Python file object (pipeline.storage.arrow_filesystem)
+        fs.pipe(str(path), parquet_bytes(table))
 
 
 def write_job(path: Path, text: str) -> Path:
@@ -85,13 +86,11 @@ def upload_dir(fs: Any, local: Path, remote: str) -> None:
 
 
 def read_output(path: Path | str, fs: Any = None) -> pa.Table:
-    """Every committed part of an output folder, read with plain pyarrow (no Ray)."""
+    """Every committed part of an output folder, read with plain pyarrow (no Ray), through a pyarrow
+    filesystem (never a Python file object: see pipeline.storage.arrow_filesystem)."""
     if fs is None:
         files = sorted(str(p) for p in Path(path).glob("part-*.parquet"))
         return pa.concat_tables([pq.read_table(f) for f in files]) if files else pa.table({})
     files = sorted(f for f in fs.ls(str(path), detail=False) if f.rsplit("/", 1)[-1].startswith("part-"))
-    tables = []
-    for f in files:
-        with fs.open(f, "rb") as h:
-            tables.append(pq.read_table(h))
+    tables = [read_parquet(fs, f) for f in files]
     return pa.concat_tables(tables) if tables else pa.table({})

@@ -33,7 +33,7 @@ def test_demo_job_prepare_run_preview(ray_cluster, tiny_model, tmp_path, monkeyp
     table = read_output(tmp_path / "out" / "shapes_recolor")
     assert table.num_rows == 4 and set(table.column("status").to_pylist()) == {"ok"}
     assert table.column("num_inference_steps").to_pylist() == [50] * 4  # from the shapes-v2 preset
-    assert (tmp_path / "out" / "shapes_recolor" / "_SUCCESS").exists()
+    assert (tmp_path / "out" / "shapes_recolor" / ".diffedit" / "_SUCCESS").exists()
 
     again = runner.invoke(app, ["run", job])
     assert again.exit_code == 0 and "already complete" in again.output

@@ -47,7 +47,7 @@ def test_commit_blocks_splits_by_rows_per_file(fs, tmp_path):
     written = O.commit_blocks(
         fs, out, [table(["a", "b", "c"]), table(["d"], R.FAILED)], rows_per_file=2, run_id=None
     )
-    assert (written.rows, written.ok, written.failed, len(written.files)) == (4, 3, 1, 3)
+    assert (written.rows, written.ok, written.failed, len(written.files)) == (4, 3, 1, 2)  # blocks merged
     assert sorted(O.read_parts(fs, out, ["id"]).column("id").to_pylist()) == ["a", "b", "c", "d"]
 
 
