@@ -11,13 +11,13 @@ ids) or an output that belongs to another configuration; 4 more rows failed than
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from pathlib import Path
 
 import typer
 from typer.core import TyperOption
 
+from pipeline import signals
 from pipeline.config import CONFIGS_DIR_ENV, ConfigError, StorageConfig, load_job
 from pipeline.job import ExitCode, package_version
 from pipeline.manifest import ManifestError
@@ -83,26 +83,6 @@ def _command_logging(verbose: bool, quiet: bool) -> None:
         _setup_logging(verbose, quiet)
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived (Airflow's execution_timeout, ``kill``, a scheduler stopping the job)."""
-
-
-#: Exit code after SIGTERM: the shell's convention for "killed by signal 15" (128 + 15), which Airflow,
-#: cron wrappers and ``timeout(1)`` users recognise; the run was stopped, not failed, and resumes.
-EXIT_TERMINATED = 128 + signal.SIGTERM
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated()
-
-
-def install_sigterm_handler() -> None:
-    """Turn SIGTERM into ``Terminated`` in the main thread (``ray.init`` installs its own handler,
-    ``sys.exit(15)``, which tears Ray down mid-call with a C++ stack dump; ``run_job`` reinstalls this
-    one after connecting)."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
-
-
 def _fail(code: ExitCode, message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(int(code))
@@ -149,20 +129,20 @@ def run(
 ) -> None:
     """Run a job: edit every manifest row not yet in the output, then write the summary and _SUCCESS."""
     _command_logging(verbose, quiet)
-    install_sigterm_handler()
+    signals.install()
     try:
         from pipeline.job import run_job, summary_table
 
         job = _load(job_file)
         outcome = run_job(job, overwrite=overwrite, address=address)
-    except Terminated:
+    except signals.Terminated:
         _shutdown_ray()
         typer.echo(
             f"terminated: SIGTERM received; Ray shut down, committed rows kept, no _SUCCESS written; "
-            f"a rerun resumes (exit {EXIT_TERMINATED})",
+            f"a rerun resumes (exit {signals.EXIT_TERMINATED})",
             err=True,
         )
-        raise typer.Exit(EXIT_TERMINATED) from None
+        raise typer.Exit(signals.EXIT_TERMINATED) from None
     except typer.Exit:
         raise
     except ConfigError as exc:
@@ -175,7 +155,7 @@ def run(
         log.debug("run failed", exc_info=True)
         raise _fail(ExitCode.ERROR, f"run failed: {_cause(exc)}; a rerun resumes") from None
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signals.uninstall()
     if outcome.status != "already_complete":
         typer.echo(summary_table(outcome.summary))
     typer.echo(outcome.message)

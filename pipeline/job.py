@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 
 from pipeline import output as O
 from pipeline import rows as R
+from pipeline import signals
 from pipeline.config import ConfigError, JobConfig
 from pipeline.manifest import ManifestInfo
 from pipeline.storage import filesystem, join, redact
@@ -103,13 +104,9 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
     done = frozenset() if overwrite else frozenset(pre.committed)
     todo = len(input_set - done)
     if todo:  # before touching the output: a plan that cannot run is a config error
-        try:
-            started_here = ensure_ray(address)
-        except ConfigError:
-            raise
-        except (ValueError, TypeError) as exc:  # a malformed address, a missing auth token
-            raise ConfigError(f"Ray: {_first_line(exc)}") from None
+        started_here = connect_ray(address)
         check_resources(job, local=started_here)
+        signals.reinstall_if_installed()  # ray.init replaced the CLI's SIGTERM handler with its own
 
     out_fs, out = filesystem(job.output.path, job.storage)
     if overwrite:
@@ -182,6 +179,29 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
     return RunOutcome(ExitCode.POLICY, "failed_policy", message, summary)
 
 
+def connect_ray(address: str | None) -> bool:
+    """``ensure_ray`` with its configuration errors as ``ConfigError`` (exit 2, not "a rerun resumes"):
+    a malformed address (``RAY_ADDRESS=http://head:8265`` is the Jobs API's URL, not a cluster's GCS
+    address) or token authentication without a token. A local cluster started here keeps Ray 2.60's
+    token authentication, chosen explicitly (``RAY_AUTH_MODE=token``) so that Ray does not warn about its
+    default on every run."""
+    from ray.exceptions import AuthenticationError
+
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    try:
+        return ensure_ray(address)
+    except ValueError as exc:
+        raise ConfigError(
+            f"Ray address {address or os.environ.get('RAY_ADDRESS')!r}: {_first_line(exc)}"
+        ) from None
+    except AuthenticationError as exc:
+        raise ConfigError(
+            f"Ray token authentication: {_first_line(exc)} (set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, "
+            "or RAY_AUTH_MODE=disabled for a cluster without authentication)"
+        ) from None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -208,6 +228,8 @@ def execute(
     in_fs, _ = filesystem(job.input.paths[0], job.storage)
     ctx = DataContext.get_current()
     ctx.max_errored_blocks = 0
+    if not sys.stderr.isatty():  # cron and Airflow logs: no progress bars redrawn with ANSI escapes
+        ctx.enable_progress_bars = False
     io = {"num_cpus": c.io_cpus}
     ds = ray.data.read_parquet(
         list(manifest.files), filesystem=in_fs, partitioning=None, file_extensions=["parquet"], **io
@@ -235,6 +257,11 @@ def execute(
         num_gpus=c.gpus_per_actor,
         fn_constructor_kwargs={"job": job, "model_label": model_label},
         runtime_env={"env_vars": actor_env()},
+        # Ray Data passes the actors' constructor arguments as object references, which Ray Core cannot
+        # restore when it restarts an actor (Ray issues 53727, 57733): with restarts enabled, every run
+        # logs an ERROR line saying so. An actor that dies fails the run instead (exit 1), and the
+        # rerun resumes from the committed parts.
+        max_restarts=0,
     )
     ds = ds.map_batches(
         encode_rows,
@@ -256,7 +283,12 @@ def actor_env() -> dict[str, str]:
     make torch on a busy CPU dozens of times slower (measured on a 2-core machine: 0.25 s against
     17 s per row of the tiny model with 2 threads while another process used one core); passive
     waiting costs nothing measurable when the cores are free."""
-    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    return {
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        # No "Loading weights" progress bars from the actors: their stderr is a log, never a terminal.
+        "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1"),
+    }
 
 
 def ensure_ray(address: str | None = None) -> bool:
