@@ -24,6 +24,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -183,12 +184,13 @@ def connect_ray(address: str | None) -> bool:
     """``ensure_ray`` with its configuration errors as ``ConfigError`` (exit 2, not "a rerun resumes"):
     a malformed address (``RAY_ADDRESS=http://head:8265`` is the Jobs API's URL, not a cluster's GCS
     address) or token authentication without a token. A local cluster started here keeps Ray 2.60's
-    token authentication, chosen explicitly (``RAY_AUTH_MODE=token``) so that Ray does not warn about its
-    default on every run."""
+    default, token authentication, without Ray's notice about that default on every run (a WARNING line
+    in every cron mail); Ray's warning that authentication is *disabled* still shows."""
     from ray.exceptions import AuthenticationError
 
-    if not (address or os.environ.get("RAY_ADDRESS")):
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        _DropMessages("Token authentication is enabled")
+    )
     try:
         return ensure_ray(address)
     except ValueError as exc:
@@ -200,6 +202,19 @@ def connect_ray(address: str | None) -> bool:
             f"Ray token authentication: {_first_line(exc)} (set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, "
             "or RAY_AUTH_MODE=disabled for a cluster without authentication)"
         ) from None
+
+
+class _DropMessages(logging.Filter):
+    """Drops the records of one Ray logger whose message starts with one of ``prefixes``: notices about
+    Ray's own defaults that are not problems (an operator grepping for WARNING/ERROR must find only
+    real ones); every other record passes."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -230,6 +245,7 @@ def execute(
     ctx.max_errored_blocks = 0
     if not sys.stderr.isatty():  # cron and Airflow logs: no progress bars redrawn with ANSI escapes
         ctx.enable_progress_bars = False
+        logging.getLogger("ray.data._internal.progress").addFilter(_DropMessages("Progress bars disabled"))
     io = {"num_cpus": c.io_cpus}
     ds = ray.data.read_parquet(
         list(manifest.files), filesystem=in_fs, partitioning=None, file_extensions=["parquet"], **io
@@ -248,21 +264,23 @@ def execute(
         if c.min_actors == c.max_actors
         else ActorPoolStrategy(min_size=c.min_actors, max_size=c.max_actors)
     )
-    ds = ds.map_batches(
-        EditStage,
-        batch_format="pyarrow",
-        batch_size=c.batch_size,
-        compute=pool,
-        num_cpus=c.cpus_per_actor,
-        num_gpus=c.gpus_per_actor,
-        fn_constructor_kwargs={"job": job, "model_label": model_label},
-        runtime_env={"env_vars": actor_env()},
-        # Ray Data passes the actors' constructor arguments as object references, which Ray Core cannot
-        # restore when it restarts an actor (Ray issues 53727, 57733): with restarts enabled, every run
-        # logs an ERROR line saying so. An actor that dies fails the run instead (exit 1), and the
-        # rerun resumes from the committed parts.
-        max_restarts=0,
-    )
+    with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            EditStage,
+            batch_format="pyarrow",
+            batch_size=c.batch_size,
+            compute=pool,
+            num_cpus=c.cpus_per_actor,
+            num_gpus=c.gpus_per_actor,
+            fn_constructor_kwargs={"job": job, "model_label": model_label},
+            runtime_env={"env_vars": actor_env()},
+            # Ray Data passes the actors' constructor arguments as object references, which Ray Core
+            # cannot restore when it restarts an actor (Ray issues 53727, 57733): with restarts on, every
+            # run logs an ERROR line saying so. An actor that dies fails the run instead (exit 1), and
+            # the rerun resumes from the committed parts.
+            max_restarts=0,
+        )
     ds = ds.map_batches(
         encode_rows,
         batch_format="pyarrow",
