@@ -202,6 +202,13 @@ def connect_ray(address: str | None) -> bool:
             f"Ray token authentication: {_first_line(exc)} (set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, "
             "or RAY_AUTH_MODE=disabled for a cluster without authentication)"
         ) from None
+    except RuntimeError as exc:
+        if not _is_auth_error(exc):
+            raise
+        raise ConfigError(
+            f"Ray token authentication: {_first_line(exc)[:300]} (set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
+            "to the cluster's token)"
+        ) from None
 
 
 class _DropMessages(logging.Filter):
@@ -215,6 +222,12 @@ class _DropMessages(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(self.prefixes)
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    """Whether Ray failed to connect because the cluster refused its (missing or wrong) token."""
+    text = str(exc)
+    return "InvalidAuthToken" in text or "AuthenticationError" in text
 
 
 def _first_line(exc: BaseException) -> str:

@@ -33,7 +33,7 @@ import fsspec
 import pyarrow as pa
 
 from diffedit.params import EditParams
-from pipeline.config import StorageConfig
+from pipeline.config import ConfigError, StorageConfig
 from pipeline.storage import filesystem, parquet_file, scheme_of
 
 ID, IMAGE, IMAGE_BYTES, CAPTION, QUERY, SEED = "id", "image", "image_bytes", "caption", "query", "seed"
@@ -106,6 +106,11 @@ def resolve_files(
         except FileNotFoundError:
             raise ManifestError(f"input.paths[{i}]: {uri}: no such file or prefix") from None
         except Exception as exc:  # connection refused, timeouts, throttling: the storage, not the input
+            if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+                raise ConfigError(
+                    f"input.paths[{i}]: {uri}: no storage credentials in the environment "
+                    f"({type(exc).__name__}: {exc})"
+                ) from None
             raise ManifestStorageError(
                 f"input.paths[{i}]: {uri}: cannot list: {type(exc).__name__}: {exc}"
             ) from None
