@@ -256,9 +256,6 @@ def execute(
     in_fs, _ = filesystem(job.input.paths[0], job.storage)
     ctx = DataContext.get_current()
     ctx.max_errored_blocks = 0
-    if not sys.stderr.isatty():  # cron and Airflow logs: no progress bars redrawn with ANSI escapes
-        ctx.enable_progress_bars = False
-        logging.getLogger("ray.data._internal.progress").addFilter(_DropMessages("Progress bars disabled"))
     io = {"num_cpus": c.io_cpus}
     ds = ray.data.read_parquet(
         list(manifest.files), filesystem=in_fs, partitioning=None, file_extensions=["parquet"], **io
