@@ -144,7 +144,10 @@ def _inspect_local(root: str, where: str) -> ModelSource:
     from diffedit.loading import _wanted, weights_sha256
 
     if not os.path.exists(root):
-        raise ConfigError(f"{where}: no such directory")
+        raise ConfigError(
+            f"{where}: no such directory (a relative model.source resolves against the working directory; "
+            f"a Hugging Face Hub repository is written {HUB_SCHEME}org/name)"
+        )
     if not os.path.isdir(root):
         raise ConfigError(f"{where}: is a file, not a model directory")
     files: set[str] = set()
