@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.config import ConfigError, JobConfig
-from pipeline.storage import filesystem, redact
+from pipeline.storage import StorageError, filesystem, redact
 
 #: Bump when a change of this code alters the output rows of the same input and configuration (the
 #: DiffEdit steps, image decoding or PNG encoding, the output schema). Documentation, logging,
@@ -189,10 +189,19 @@ def _inspect_remote(job: JobConfig, url: str, where: str) -> ModelSource:
 
     try:
         fs, root = filesystem(url, job.storage)
-        root = root.rstrip("/")
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    root = root.rstrip("/")
+    try:
         listing = _list_remote(fs, root, redact(url))
-    except (ModelSourceError, OSError, ValueError) as exc:
-        raise ConfigError(f"{where}: cannot list: {type(exc).__name__}: {exc}") from None
+    except ModelSourceError as exc:  # a listed path escaping the directory, or an OSError listing it
+        if isinstance(exc.__cause__, OSError):
+            raise StorageError(f"{where}: cannot list: {exc.__cause__}") from None
+        raise ConfigError(f"{where}: {exc}") from None
+    except Exception as exc:
+        if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+            raise ConfigError(f"{where}: no storage credentials in the environment ({exc})") from None
+        raise StorageError(f"{where}: cannot list: {type(exc).__name__}: {exc}") from None
     if not listing:
         raise ConfigError(f"{where}: no such model directory (nothing under it)")
     _check_layout(set(listing), lambda rel: json.loads(fs.cat_file(f"{root}/{rel}")), where)

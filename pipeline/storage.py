@@ -16,6 +16,12 @@ import fsspec
 
 from pipeline.config import StorageConfig
 
+
+class StorageError(RuntimeError):
+    """Storage could not be reached, listed or read (endpoint down, timeout, throttling): not a property
+    of the job or its data, so a later attempt may succeed (exit code 1)."""
+
+
 #: Schemes the job can read and write (reading images: all; manifests and outputs: all but http).
 REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "http", "https")
 

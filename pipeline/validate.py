@@ -26,15 +26,11 @@ from pipeline.config import JobConfig, resolve_paths
 from pipeline.identity import ModelSource, identity_difference, inspect_model, results_hash, results_identity
 from pipeline.images import is_allowed
 from pipeline.manifest import IMAGE, ManifestError, ManifestInfo, inspect_manifest
-from pipeline.storage import filesystem, join, parquet_file, redact
+from pipeline.storage import StorageError, filesystem, join, parquet_file, redact
 
 
 class InputError(ValueError):
     """The input or the existing output prevents the run (exit code 3)."""
-
-
-class StorageError(RuntimeError):
-    """Storage could not be reached or listed (exit code 1: a later attempt may succeed)."""
 
 
 @dataclass(frozen=True)

@@ -322,38 +322,46 @@ def test_an_unreachable_input_endpoint_is_retryable_exit_1(tmp_path, monkeypatch
         result = CliRunner().invoke(app, [command, "job.yaml"])
         assert result.exit_code == 1, result.output
         assert "cannot list" in result.output and "EndpointConnectionError" in result.output
+    # the same for a model on that endpoint (the input is local and fine)
+    write_manifest(tmp_path / "in" / "m.parquet", [{"id": "a", "image_bytes": png_bytes(0), "query": "q"}])
+    (tmp_path / "model.yaml").write_text(
+        "input: {paths: [in]}\noutput: {path: out}\nmodel: {source: 's3://models/sd'}\n"
+        f"storage: {{endpoint_url: 'http://127.0.0.1:{port}'}}\n"
+    )
+    result = CliRunner().invoke(app, ["validate", "model.yaml"])
+    assert result.exit_code == 1, result.output
+    assert "error: storage: " in result.output and "model.source s3://models/sd: cannot list" in result.output
 
 
-def test_ray_configuration_errors_exit_2(finished, tmp_path):
-    """A Jobs API URL in RAY_ADDRESS (the README's own export) and a missing token are configuration
-    errors (2), not "a rerun resumes" (1)."""
-    out = finished / "out" / "shapes_recolor"
-    (out / O.SUCCESS_FILE).unlink()  # not complete: run must connect to Ray
-    try:
-        bad = cli(
-            "run", "jobs/shapes_recolor.yaml", cwd=finished, env={"RAY_ADDRESS": "http://127.0.0.1:8265"}
-        )
-        assert bad.returncode == 2, bad.stderr[-3000:]
-        assert "error: config: Ray address 'http://127.0.0.1:8265': Invalid Ray address" in bad.stderr
-    finally:
-        CliRunner().invoke(app, ["run", str(finished / "jobs" / "shapes_recolor.yaml")])
-        (out / O.SUCCESS_FILE).write_text("restored\n")
+def one_row_job(tmp_path: Path, model: Path) -> Path:
+    """A job with one row still to edit (so run must connect to Ray)."""
+    write_manifest(tmp_path / "in" / "m.parquet", [{"id": "a", "image_bytes": png_bytes(0), "query": "q"}])
+    job = tmp_path / "job.yaml"
+    job.write_text(f"input: {{paths: [in]}}\noutput: {{path: out}}\nmodel: {{source: '{model}'}}\n")
+    return job
+
+
+def test_a_jobs_api_url_in_ray_address_exits_2(tiny_model, tmp_path):
+    """RAY_ADDRESS=http://head:8265 (the Jobs API's URL, which README exported) is a configuration
+    error (2), not "a rerun resumes" (1); nothing is written."""
+    one_row_job(tmp_path, tiny_model)
+    bad = cli("run", "job.yaml", cwd=tmp_path, env={"RAY_ADDRESS": "http://127.0.0.1:8265"})
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert "error: config: Ray address 'http://127.0.0.1:8265': Invalid Ray address" in bad.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
-def test_a_missing_ray_token_exits_2(ray_cluster, finished, tmp_path):
-    out = finished / "out" / "shapes_recolor"
-    (out / O.SUCCESS_FILE).unlink()
+def test_a_missing_ray_token_exits_2(ray_cluster, tiny_model, tmp_path):
+    one_row_job(tmp_path, tiny_model)
     home = tmp_path / "home"
     home.mkdir()
     env = {"RAY_ADDRESS": ray_cluster, "RAY_AUTH_MODE": "token", "HOME": str(home), "RAY_AUTH_TOKEN": "",
            "RAY_AUTH_TOKEN_PATH": str(home / "none")}  # fmt: skip
-    try:
-        result = cli("run", "jobs/shapes_recolor.yaml", cwd=finished, env=env, timeout=240)
-        assert result.returncode == 2, result.stderr[-3000:]
-        assert "error: config: Ray token authentication" in result.stderr
-    finally:
-        (out / O.SUCCESS_FILE).write_text("restored\n")
+    result = cli("run", "job.yaml", cwd=tmp_path, env=env, timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: config: Ray token authentication" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
