@@ -2,16 +2,18 @@
 
 ``run_job(job)``:
 
-1. reads the manifest's footers and ids (``pipeline.manifest``): a wrong schema, a null, empty or
-   duplicate id stops the job before anything is loaded (``InputError``);
-2. reads the ids already committed in the output; a finished output (every id committed and
-   ``_SUCCESS`` present) is a no-op; an output of another configuration, or holding ids that the input
-   does not, is refused unless ``overwrite``;
-3. takes ownership of the output (``_job.json``), removes ``_SUCCESS``, and runs the Ray Data plan on
-   the rows still missing:
-   ``read_parquet -> repartition -> fetch (tasks) -> edit (actor pool) -> encode (tasks) -> commit``;
+1. runs the preflight that ``validate`` prints (``pipeline.validate.preflight``): paths resolved,
+   the manifest's schema and ids, the model found and fingerprinted without loading it, the output's
+   committed ids against the results identity (``pipeline.identity``). Any problem stops the job
+   before Ray is started or anything is written (``ConfigError``, ``InputError``, ``StorageError``); a
+   finished output (every id committed, ``_SUCCESS`` present, same results hash) is a no-op;
+2. connects to Ray (or starts a local one) and checks that the plan can be scheduled;
+3. takes ownership of the output (``.diffedit/job.json``), removes ``_SUCCESS``, and runs the Ray Data
+   plan on the rows still missing:
+   ``read_parquet -> repartition -> fetch (tasks) -> edit (actor pool) -> encode (tasks) ->
+   repartition (rows_per_file) -> commit``;
 4. removes duplicate ids (only two racing runs can make them), checks that the output holds every
-   input id exactly once, and writes ``_summary.json``, then ``_SUCCESS`` if the failure policy held.
+   input id exactly once, and writes ``summary.json``, then ``_SUCCESS`` if the failure policy held.
 """
 
 from __future__ import annotations
