@@ -301,8 +301,9 @@ def execute(
         **io,
     )
     # Parts of exactly output.rows_per_file rows (the last one of a run may hold fewer): re-block the
-    # stream (a streaming repartition, not an all-to-all shuffle), and the sink merges what it gets.
-    ds = ds.repartition(target_num_rows_per_block=job.output.rows_per_file)
+    # stream (a streaming repartition, not an all-to-all shuffle; strict: exact sizes, else Ray bundles
+    # best-effort and leaves a small block per input block), and the sink merges what it gets.
+    ds = ds.repartition(target_num_rows_per_block=job.output.rows_per_file, strict=True)
     sink = O.make_datasink(out_fs, out, job.output.rows_per_file, run_id)
     ds.write_datasink(sink, ray_remote_args=io)
     return sink.written
