@@ -86,15 +86,16 @@ class OutputConfig:
     """Where the edited dataset goes (a folder or prefix), and how many rows one Parquet file holds."""
 
     path: str
-    rows_per_file: int = 64
+    rows_per_file: int = 64  # rows per committed part, exactly (the last part a run writes may hold fewer)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The model: a local diffusers folder, ``file://``, ``s3://`` URI or a hub id (with revision)."""
+    """The model: a local diffusers folder (a path: relative to the working directory), a URI
+    (``file://``, ``s3://``, ``gs://``), or a Hugging Face Hub repository written ``hf://org/name``."""
 
     source: str
-    revision: str | None = None
+    revision: str | None = None  # hf:// only: a branch, tag or commit, resolved to a commit per run
     cache_dir: str | None = None  # local cache for s3:// and hub models (default: the loader's)
 
 
