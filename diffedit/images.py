@@ -10,9 +10,13 @@ binary masks).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # imported where tensors are made: the batch job's image checks need no torch
+    import torch
 
 #: PIL modes ``to_rgb`` converts; anything else is refused with a clear error.
 SUPPORTED_MODES = (
@@ -79,18 +83,24 @@ def model_resolution(width: int, height: int, native: int, multiple: int) -> tup
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL -> (3, H, W) float32 in [-1, 1]."""
+    import torch
+
     a = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)
     return torch.from_numpy(a).permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:
     """(3, H, W) in [-1, 1] -> RGB PIL."""
+    import torch
+
     a = ((x.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)  # (3, H, W)
     return Image.fromarray(a.permute(1, 2, 0).numpy(), "RGB")  # (H, W, 3)
 
 
 def map_to_pil(m: torch.Tensor, size: tuple[int, int], *, binary: bool) -> Image.Image:
     """A (h, w) map in [0, 1] (or bool) -> "L" PIL at ``size`` (width, height); 0/255 when binary."""
+    import torch
+
     a = (m.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()  # (h, w)
     img = Image.fromarray(a, "L")
     return img.resize(size, Image.Resampling.NEAREST if binary else Image.Resampling.BILINEAR)

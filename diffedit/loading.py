@@ -46,13 +46,14 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a model is loaded: checking a layout or hashing needs none
+    import torch
 
-from diffedit.bundle import ModelBundle
+    from diffedit.bundle import ModelBundle
 
 __all__ = [
     "CacheSync",
@@ -97,14 +98,14 @@ MANIFEST_NAME = ".diffedit_manifest.json"
 HASH_SIDECAR_NAME = ".diffedit_weights_sha256"
 
 _DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
 }
 # A Hugging Face repo id: "org/name", letters, digits, '-', '_', '.'.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -154,6 +155,8 @@ def resolve_dtype(device: str | torch.device, dtype: str | torch.dtype | None = 
     "bfloat16"/"bf16" (an optional "torch." prefix is allowed). float16 on CPU is refused (bfloat16 is
     allowed): CPU float16 kernels are missing or slow and the result would differ from a GPU run.
     """
+    import torch
+
     device = torch.device(device)
     if dtype is None:
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -161,7 +164,7 @@ def resolve_dtype(device: str | torch.device, dtype: str | torch.dtype | None = 
         name = dtype.strip().lower().removeprefix("torch.")
         if name not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: expected one of {sorted(_DTYPES)}")
-        resolved = _DTYPES[name]
+        resolved = getattr(torch, _DTYPES[name])
     elif isinstance(dtype, torch.dtype):
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(
@@ -631,6 +634,8 @@ def load_bundle(
     sources. ``storage_options`` go to the fsspec filesystem of a URL and are ignored otherwise.
     ``dtype``: see ``resolve_dtype``; every module is moved to ``device`` in it.
     """
+    import torch
+
     device = torch.device(device)
     resolved = resolve_dtype(device, dtype)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -679,6 +684,8 @@ def _load_directory(
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+
+    from diffedit.bundle import ModelBundle
 
     safe = {"use_safetensors": True, "local_files_only": True, "dtype": dtype}
     unet = UNet2DConditionModel.from_pretrained(str(root / "unet"), **safe).to(device)

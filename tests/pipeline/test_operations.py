@@ -445,17 +445,19 @@ def test_the_installed_wheel_validates_the_demo_job(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     site = next((venv / "lib").glob("python*/site-packages"))
     shared = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "pyarrow").is_dir())
-    (site / "shared_dependencies.pth").write_text(shared + "\n")  # a plain path: no editable finder
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DIFFEDIT_CONFIGS")}
     install = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps",
-         str(next(wheels.glob("*.whl")))], capture_output=True, text=True, timeout=600,
+         str(next(wheels.glob("*.whl")))], capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert install.returncode == 0, install.stderr[-3000:]
+    # the dependencies from the shared environment, after the install (pip would otherwise see its
+    # editable diffedit-batch as already installed): a plain path line, so no editable finder runs
+    (site / "shared_dependencies.pth").write_text(shared + "\n")
 
     checkout = tmp_path / "checkout"
     shutil.copytree(REPO / "jobs", checkout / "jobs")
     shutil.copytree(REPO / "models" / "shapes-v2", checkout / "models" / "shapes-v2")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DIFFEDIT_CONFIGS")}
     exe = str(venv / "bin" / "diffedit-batch")
 
     def run(*args: str) -> subprocess.CompletedProcess:
