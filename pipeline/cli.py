@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperOption
 
 from pipeline import signals
-from pipeline.config import CONFIGS_DIR_ENV, ConfigError, StorageConfig, load_job
+from pipeline.config import ConfigError, JobConfig, StorageConfig, load_job
 from pipeline.job import ExitCode, package_version
 from pipeline.manifest import ManifestError
 from pipeline.validate import InputError, StorageError
@@ -162,13 +162,8 @@ def run(
     raise typer.Exit(int(outcome.exit_code))
 
 
-def _load(job_file: Path):  # -> JobConfig
-    try:
-        return load_job(job_file)
-    except ConfigError as exc:
-        if "preset" in str(exc) and "not found" in str(exc):
-            raise ConfigError(f"{exc} (named presets come from ${CONFIGS_DIR_ENV} when set)") from None
-        raise
+def _load(job_file: Path) -> JobConfig:
+    return load_job(job_file)
 
 
 def _shutdown_ray() -> None:

@@ -295,7 +295,12 @@ def resolve_preset(name: Any, job_path: Path, configs_dir: str | Path | None) ->
     else:
         candidate = Path(configs_dir or DEFAULT_CONFIGS_DIR) / f"{name}.yaml"
     if not candidate.is_file():
-        raise ConfigError(f"{job_path}: presets: preset {name!r} not found (looked for {candidate})")
+        where = (
+            "a path relative to the job file"
+            if name.endswith((".yaml", ".yml"))
+            else f"named presets come from ${CONFIGS_DIR_ENV} when set, else from {DEFAULT_CONFIGS_DIR}"
+        )
+        raise ConfigError(f"{job_path}: presets: preset {name!r} not found (looked for {candidate}; {where})")
     return candidate
 
 

@@ -304,6 +304,38 @@ def test_a_hub_repository_without_a_hub_is_a_configuration_error(tmp_path, monke
     assert not (tmp_path / "out").exists()
 
 
+def test_a_hub_repository_is_pinned_to_the_commit_of_its_cached_snapshot(
+    ray_cluster, tiny_model, tmp_path, monkeypatch
+):
+    """Offline, hf://org/name resolves through the local snapshot cache: the identity is the commit,
+    the actors load that commit, and the model column shows hf://org/name."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "models--someorg--tiny-sd"
+    shutil.copytree(tiny_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    write_manifest(tmp_path / "in" / "m.parquet", [{"id": "a", "image_bytes": png_bytes(0), "query": "q"}])
+    params = ", ".join(f"{k}: {v}" for k, v in FAST_PARAMS.items())
+    (tmp_path / "job.yaml").write_text(
+        "input: {paths: [in]}\noutput: {path: out}\nmodel: {source: 'hf://someorg/tiny-sd', cache_dir: hf}\n"
+        f"params: {{{params}}}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    checked = CliRunner().invoke(app, ["validate", "job.yaml"])
+    assert checked.exit_code == 0, checked.output
+    assert (
+        f"hub repository someorg/tiny-sd at commit {commit[:12]}: Stable Diffusion layout OK"
+        in checked.output
+    )
+    ran = CliRunner().invoke(app, ["run", "job.yaml", "--address", ray_cluster])
+    assert ran.exit_code == 0, ran.output
+    identity = json.loads((tmp_path / "out" / O.JOB_FILE).read_text())["results_identity"]
+    assert identity["model"] == {"kind": "hub", "repo": "someorg/tiny-sd", "commit": commit}
+    row = read_output(tmp_path / "out").to_pylist()[0]
+    assert row["status"] == "ok" and row["model"] == "hf://someorg/tiny-sd"
+
+
 # --------------------------------------------------------------------------- 6. exit codes
 
 
