@@ -228,7 +228,6 @@ def _inspect_hub(job: JobConfig, repo: str, where: str) -> ModelSource:
     named = f"{repo}@{revision}" if revision else repo
     try:
         from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-        from huggingface_hub.utils import HfHubHTTPError
     except ImportError as exc:  # pragma: no cover - a dependency
         raise ConfigError(f"{where}: huggingface_hub is not installed: {exc}") from None
     commit = files = read_json = None
@@ -244,7 +243,7 @@ def _inspect_hub(job: JobConfig, repo: str, where: str) -> ModelSource:
                 with open(path) as f:
                     return json.load(f)
 
-        except (HfHubHTTPError, OSError, ValueError) as exc:
+        except Exception as exc:  # HTTP errors, and connection errors of whichever HTTP client the hub uses
             hub_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     if commit is None:  # offline: the local snapshot cache
         try:
@@ -256,9 +255,7 @@ def _inspect_hub(job: JobConfig, repo: str, where: str) -> ModelSource:
                 local_files_only=True,
             )
         except Exception:
-            reason = (
-                f"the hub answered {hub_error}" if hub_error else "the hub is unreachable or HF_HUB_OFFLINE=1"
-            )
+            reason = f"asking the hub failed ({hub_error})" if hub_error else "HF_HUB_OFFLINE=1"
             raise ConfigError(
                 f"{where}: cannot resolve {named}: {reason}, and no cached snapshot was found "
                 f"(cache_dir {job.model.cache_dir or 'the huggingface_hub default'}); download it where the hub "

@@ -300,7 +300,12 @@ def test_a_hub_repository_without_a_hub_is_a_configuration_error(tmp_path, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = CliRunner().invoke(app, ["run", "job.yaml"])
     assert result.exit_code == 2, result.output
-    assert "cannot resolve someorg/somemodel" in result.output and "no cached snapshot" in result.output
+    assert "cannot resolve someorg/somemodel: HF_HUB_OFFLINE=1" in result.output
+    assert "no cached snapshot" in result.output
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # asked, the hub is unreachable here (or has no such repository)
+    result = CliRunner().invoke(app, ["run", "job.yaml"])
+    assert result.exit_code == 2, result.output
+    assert "cannot resolve someorg/somemodel: asking the hub failed" in result.output
     assert not (tmp_path / "out").exists()
 
 
