@@ -30,8 +30,10 @@ ROWS = 4
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m pipeline.cli ARGS`` as a subprocess (stdout and stderr captured: not a TTY)."""
+    """``python -m pipeline.cli ARGS`` as a subprocess (stdout and stderr captured: not a TTY); an
+    ``env`` value of None removes that variable."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
@@ -592,7 +594,9 @@ def test_the_demo_job_logs_no_false_alarms(tiny_model, tmp_path):
     """`make demo`'s run as cron runs it (a fresh local Ray, output to a file, not a TTY): no ERROR line,
     no ANSI escape, no token-auth notice, no weight-loading progress bar."""
     checkout = make_checkout(tmp_path / "checkout", tiny_model, rows=2)
-    result = cli("run", "jobs/shapes_recolor.yaml", cwd=checkout, env={"RAY_ADDRESS": ""}, timeout=600)
+    # as cron has it: no RAY_ADDRESS, and none of the test session's settings (it disables progress bars)
+    env = {"RAY_ADDRESS": None, "RAY_DATA_DISABLE_PROGRESS_BARS": None}
+    result = cli("run", "jobs/shapes_recolor.yaml", cwd=checkout, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     logs = result.stdout + result.stderr
     offending = [
