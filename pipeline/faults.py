@@ -18,8 +18,11 @@ the kinds above (s3fs wraps a botocore ``ClientError`` into an ``OSError`` whose
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import logging
 import socket
+from collections.abc import Iterator
 
 #: botocore exception class names that mean "the endpoint did not answer properly" (matched by name
 #: along the class hierarchy, so that botocore need not be importable where this runs).
@@ -151,13 +154,50 @@ def find_transient(exc: BaseException) -> TransientStorageError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, TransientStorageError):
+        if type(current) is TransientStorageError:  # not Ray's RayTaskError(TransientStorageError)
             return current
         todo += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    marker = (
+        f".{RAY_RETRY_PATTERN}: "  # the original's line in Ray's text: "pipeline.faults.Transient...: msg"
+    )
     for line in str(exc).splitlines():
-        if f"{RAY_RETRY_PATTERN}: " in line:
-            return TransientStorageError(line.split(f"{RAY_RETRY_PATTERN}: ", 1)[1].strip())
+        if marker in line:
+            return TransientStorageError(line.split(marker, 1)[1].strip())
     return None
 
 
-__all__ = ["RAY_RETRY_PATTERN", "TransientStorageError", "describe", "find_transient", "is_transient"]
+class _DropTransientTracebacks(logging.Filter):
+    """Log records of a ``TransientStorageError`` keep their message but lose their traceback (Ray
+    Data logs the failed task's whole remote stack, ~100 lines, for what the job reports in one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and find_transient(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+            record.msg = f"{record.getMessage()} (storage unavailable; see the error below)"
+            record.args = None
+        return True
+
+
+@contextlib.contextmanager
+def quiet_transient_tracebacks(logger_name: str = "ray.data") -> Iterator[None]:
+    """While inside, the handlers of ``logger_name`` print a transient storage failure without its
+    traceback; every other error keeps its traceback."""
+    handlers = list(logging.getLogger(logger_name).handlers)
+    flt = _DropTransientTracebacks()
+    for handler in handlers:
+        handler.addFilter(flt)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(flt)
+
+
+__all__ = [
+    "RAY_RETRY_PATTERN",
+    "TransientStorageError",
+    "describe",
+    "find_transient",
+    "is_transient",
+    "quiet_transient_tracebacks",
+]
