@@ -219,7 +219,9 @@ class JobConfig:
     @property
     def results_hash(self) -> str:
         """sha256 of what determines the output rows: input, model, parameters, image rules, device
-        and dtype. A rerun into an existing output must have the same one (else ``--overwrite``)."""
+        and dtype. A rerun into an existing output must have the same one (else ``--overwrite``).
+        ``limits`` and ``storage`` are left out on purpose: raising a limit (then ``--retry-failed``) or
+        tuning retries continues the same output."""
         d = self.to_dict()
         key = {k: d[k] for k in ("input", "model", "params", "images")}
         key["compute"] = {k: d["compute"][k] for k in ("device", "dtype")}

@@ -16,6 +16,8 @@ from pipeline import output as O
 from pipeline import rows as R
 from pipeline.cli import app
 
+PAD = "a big scene with many things " * 4
+
 
 def _rows(ids_status_run: list[tuple[str, str, str]]) -> pa.Table:
     return R.table_from_rows(
@@ -53,7 +55,9 @@ def test_retry_failed_re_edits_exactly_the_failed_rows(ray_cluster, tiny_model, 
         [{"id": f"row-{i}", "image": str(images / f"row-{i}.png"), "caption": "a red circle", "query": "a blue circle"}
          for i in range(4)]
         + [{"id": "row-4", "image": str(images / "row-0.png"), "caption": "a red circle", "query": "a blue circle",
-            "num_inference_steps": 300}],
+            "num_inference_steps": 300},
+           # a no-op edit (the colour lies beyond the tiny tokenizer's 16 tokens): ok, flagged, counted
+           {"id": "row-5", "image": str(images / "row-1.png"), "caption": PAD + "red", "query": PAD + "blue"}],
     )  # fmt: skip
     out = tmp_path / "out"
     job = tmp_path / "job.yaml"
@@ -76,7 +80,21 @@ failure: {{max_failed_fraction: 0.5}}
     before = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
     table = read_output(out)
     status = dict(zip(table.column("id").to_pylist(), table.column("status").to_pylist(), strict=True))
-    assert status == {"row-0": "ok", "row-1": "ok", "row-2": "failed", "row-3": "ok", "row-4": "failed"}
+    assert status == {
+        "row-0": "ok",
+        "row-1": "ok",
+        "row-2": "failed",
+        "row-3": "ok",
+        "row-4": "failed",
+        "row-5": "ok",
+    }
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["output"]["unchanged"] == 1 and summary["output"]["truncated"] == 1
+    assert [(g["class"], g["count"]) for g in summary["errors"]] == [
+        ("image <path> not found", 1),
+        ("over a job limit: num_inference_steps <n> is above limits.max_inference_steps = <n>", 1),
+    ]
+    assert "1 unchanged (no-op edit), 1 truncated" in first.output
 
     # nothing changed: a plain rerun is a no-op (failed rows are answers, not work left)
     assert "already complete" in runner.invoke(app, ["run", str(job), "--address", ray_cluster]).output
@@ -90,12 +108,12 @@ failure: {{max_failed_fraction: 0.5}}
     assert "retried (failed before)  2 (2 ok now)" in retried.output
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["this_run"]["rows_retried"] == 2 and summary["this_run"]["rows_retried_ok"] == 2
-    assert summary["this_run"]["rows_edited"] == 2 and summary["this_run"]["rows_already_done"] == 3
+    assert summary["this_run"]["rows_edited"] == 2 and summary["this_run"]["rows_already_done"] == 4
     assert summary["output"]["duplicates_removed"] == 0
     assert summary["output"]["failed"] == 0 and summary["errors"] == []
 
     final = read_output(out)
-    assert sorted(final.column("id").to_pylist()) == [f"row-{i}" for i in range(5)]  # each id exactly once
+    assert sorted(final.column("id").to_pylist()) == [f"row-{i}" for i in range(6)]  # each id exactly once
     assert set(final.column("status").to_pylist()) == {"ok"}
     after = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
     untouched = [name for name, data in before.items() if after.get(name) == data]
