@@ -37,10 +37,19 @@ TRANSIENT_BOTOCORE = frozenset(
     }
 )
 
-#: aiohttp/fsspec (``https://`` images) exception class names that are transient.
+#: aiohttp/fsspec/urllib3 (``https://`` images) exception class names that are transient.
 TRANSIENT_HTTP = frozenset(
-    {"ClientConnectionError", "ServerTimeoutError", "ClientPayloadError", "FSTimeoutError"}
-)
+    {"ClientConnectionError", "ServerTimeoutError", "ClientPayloadError", "FSTimeoutError", "MaxRetryError",
+     "NewConnectionError", "ProtocolError", "ReadTimeoutError", "ConnectTimeoutError", "IncompleteRead"}
+)  # fmt: skip
+
+#: HTTP statuses that are transient: request timeout, throttling, server errors.
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def is_transient_status(status: int) -> bool:
+    return status in TRANSIENT_STATUS or status >= 500
+
 
 #: S3 error codes that are transient (throttling, server trouble, credentials of the run).
 TRANSIENT_CODES = frozenset(
@@ -92,18 +101,15 @@ def _one_is_transient(exc: BaseException) -> bool:
     module = type(exc).__module__ or ""
     if module.startswith("botocore") and names & TRANSIENT_BOTOCORE:
         return True
-    if names & TRANSIENT_HTTP:
+    if names & TRANSIENT_HTTP and module.startswith(("aiohttp", "fsspec", "urllib3")):
         return True
     if "ClientError" in names and module.startswith("botocore"):
         response = getattr(exc, "response", None) or {}
         code = str((response.get("Error") or {}).get("Code", ""))
         status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
-        return (
-            code in TRANSIENT_CODES or status >= 500 or status == 429 or code in ("500", "502", "503", "504")
-        )
+        return code in TRANSIENT_CODES or is_transient_status(status) or code in ("500", "502", "503", "504")
     if "ClientResponseError" in names:  # aiohttp (https images): the status decides
-        status = int(getattr(exc, "status", 0) or 0)
-        return status >= 500 or status in (408, 429)
+        return is_transient_status(int(getattr(exc, "status", 0) or 0))
     if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout, asyncio.TimeoutError)):
         return True
     return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
@@ -195,9 +201,11 @@ def quiet_transient_tracebacks(logger_name: str = "ray.data") -> Iterator[None]:
 
 __all__ = [
     "RAY_RETRY_PATTERN",
+    "TRANSIENT_STATUS",
     "TransientStorageError",
     "describe",
     "find_transient",
     "is_transient",
+    "is_transient_status",
     "quiet_transient_tracebacks",
 ]

@@ -21,7 +21,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diffedit.images import to_rgb
 from pipeline.config import ImagesConfig, StorageConfig
-from pipeline.faults import TransientStorageError, describe, is_transient
+from pipeline.faults import (
+    TRANSIENT_STATUS,
+    TransientStorageError,
+    describe,
+    is_transient,
+    is_transient_status,
+)
 from pipeline.storage import filesystem, normalize_uri, redact, scheme_of
 
 
@@ -179,7 +185,7 @@ def _fetch_http(uri: str, images: ImagesConfig, storage: StorageConfig) -> bytes
         redirect=False,
         backoff_factor=0.5,
         backoff_max=20.0,
-        status_forcelist=(408, 429, 500, 502, 503, 504),
+        status_forcelist=sorted(TRANSIENT_STATUS),
         allowed_methods=("GET",),
         raise_on_status=False,
         respect_retry_after_header=True,
@@ -193,9 +199,12 @@ def _fetch_http(uri: str, images: ImagesConfig, storage: StorageConfig) -> bytes
                 "GET", url, retries=retry, redirect=False, timeout=timeout, preload_content=False
             )
         except urllib3.exceptions.HTTPError as exc:  # retries exhausted on connect/read errors
+            reason = getattr(exc, "reason", None) or exc
+            if not is_transient(exc):
+                raise ImageError(f"cannot read image {shown}: {type(reason).__name__}: {reason}") from None
             raise TransientStorageError(
                 f"cannot read image {shown} after retries (storage.max_attempts = {storage.max_attempts}): "
-                f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+                f"{type(reason).__name__}: {reason}"
             ) from None
         try:
             status = response.status
@@ -210,7 +219,7 @@ def _fetch_http(uri: str, images: ImagesConfig, storage: StorageConfig) -> bytes
                         f"(images.allow: {list(images.allow)})"
                     )
                 continue
-            if status in (408, 429) or status >= 500:
+            if is_transient_status(status):
                 raise TransientStorageError(
                     f"cannot read image {shown} after retries (storage.max_attempts = "
                     f"{storage.max_attempts}): HTTP {status}"
@@ -222,6 +231,8 @@ def _fetch_http(uri: str, images: ImagesConfig, storage: StorageConfig) -> bytes
             try:
                 return response.read(images.max_bytes + 1)
             except urllib3.exceptions.HTTPError as exc:
+                if not is_transient(exc):
+                    raise ImageError(f"cannot read image {shown}: {type(exc).__name__}: {exc}") from None
                 raise TransientStorageError(
                     f"cannot read image {shown}: {type(exc).__name__}: {exc}"
                 ) from None
