@@ -58,6 +58,8 @@ def test_retry_failed_re_edits_exactly_the_failed_rows(ray_cluster, tiny_model, 
             "num_inference_steps": 300},
            # a no-op edit (the colour lies beyond the tiny tokenizer's 16 tokens): ok, flagged, counted
            {"id": "row-5", "image": str(images / "row-1.png"), "caption": PAD + "red", "query": PAD + "blue"}],
+        pa.schema([("id", pa.string()), ("image", pa.string()), ("caption", pa.string()), ("query", pa.string()),
+                   ("num_inference_steps", pa.int64())]),
     )  # fmt: skip
     out = tmp_path / "out"
     job = tmp_path / "job.yaml"
@@ -70,7 +72,7 @@ model: {{source: "{tiny_model}"}}
 params: {{num_inference_steps: 4, num_mask_draws: 1}}
 compute: {{batch_size: 2, rows_per_block: 2, torch_threads: 1}}
 images: {{allow: ["{images}"]}}
-limits: {{max_inference_steps: ${{MAX_STEPS:-200}}}}
+limits: {{max_inference_steps: "${{MAX_STEPS:-200}}"}}
 failure: {{max_failed_fraction: 0.5}}
 """
     )
