@@ -142,7 +142,7 @@ class StorageConfig:
     retry_mode: Literal["standard", "adaptive", "legacy"] = "adaptive"  # botocore retry mode
     max_attempts: int = 10  # botocore attempts per request (~1 min of backoff at 10)
     connect_timeout: float = 10.0  # seconds to open a connection
-    read_timeout: float = 60.0  # seconds to wait for a response (a paused server)
+    read_timeout: float = 20.0  # seconds to wait for each read of a response (a paused server)
     task_retries: int = 3  # Ray Data re-runs of a fetch/commit task that failed on a transient error
 
 
