@@ -124,6 +124,11 @@ def run(
         "--address",
         help="Ray cluster address (default $RAY_ADDRESS, else a local Ray sized to this machine).",
     ),
+    retry_failed: bool = typer.Option(
+        False,
+        "--retry-failed",
+        help="Edit the committed failed rows again (after fixing their cause); their records are replaced.",
+    ),
     verbose: bool = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
@@ -133,8 +138,10 @@ def run(
     try:
         from pipeline.job import run_job, summary_table
 
+        if overwrite and retry_failed:
+            raise ConfigError("--overwrite and --retry-failed exclude each other")
         job = _load(job_file)
-        outcome = run_job(job, overwrite=overwrite, address=address)
+        outcome = run_job(job, overwrite=overwrite, address=address, retry_failed=retry_failed)
     except signals.Terminated:
         _shutdown_ray()
         typer.echo(
@@ -272,7 +279,8 @@ def prepare_coco(
     path = write_manifest(records, out, storage, COCO_SCHEMA)
     typer.echo(
         f"{stats.captions} captions of {stats.images} images: {stats.with_colour} with a colour word, "
-        f"{stats.without_colour} without (left out); wrote {stats.rows} rows to {path}"
+        f"{stats.without_colour} without (left out); {stats.missing_image} with an image id missing from "
+        f"images (left out); wrote {stats.rows} rows to {path}"
     )
 
 

@@ -8,7 +8,9 @@ starts Ray or writes anything to the output, so the two always agree:
 3. images: the rows' image URIs against ``images.allow`` (a warning: such rows fail);
 4. model: found by its form (local directory, URI, ``hf://`` repository), its layout checked from its
    file listing and small JSON files, its fingerprint taken (``pipeline.identity``);
-5. output: the committed ids, the owner's results hash against this job's (``pipeline.identity``,
+5. texts: rows whose query and caption are the same tokens after truncation, or cut (warnings, from
+   the tokenizer files alone);
+6. output: the committed ids, the owner's results hash against this job's (``pipeline.identity``,
    the one definition), ids the input does not have, and whether ``_SUCCESS`` says it is complete.
 
 A configuration problem is a ``ConfigError`` (exit 2), an unusable input or an output that belongs to
@@ -43,6 +45,7 @@ class Preflight:
     identity: dict[str, Any]
     results_hash: str
     committed: tuple[str, ...]  # ids in the output now
+    failed_ids: frozenset[str]  # those of them whose status is failed
     prior: dict[str, Any] | None  # the output's job.json
     complete: bool  # every input id committed, _SUCCESS present, same results hash: a run is a no-op
     lines: list[str] = field(default_factory=list)
@@ -53,8 +56,17 @@ class Preflight:
         return self.manifest.ids.to_pylist()
 
 
-def preflight(job: JobConfig, *, overwrite: bool = False, cwd: str | None = None) -> Preflight:
-    """Run every check (module docstring) and return what was found, with a report of one line each."""
+def preflight(
+    job: JobConfig,
+    *,
+    overwrite: bool = False,
+    retry_failed: bool = False,
+    cwd: str | None = None,
+    texts_when_complete: bool = True,
+) -> Preflight:
+    """Run every check (module docstring) and return what was found, with a report of one line each.
+    ``texts_when_complete=False`` (``run``) skips tokenizing every row when the output is already
+    complete: the nightly no-op stays cheap."""
     written = job
     job = resolve_paths(job, cwd)
     lines = [f"config {job.source}: OK (name {job.name}, config hash {job.config_hash[:16]})"]
@@ -76,11 +88,15 @@ def preflight(job: JobConfig, *, overwrite: bool = False, cwd: str | None = None
     shown = redact(written.output.path)
     try:
         out_fs, out = filesystem(job.output.path, job.storage)
-        committed = O.read_parts(out_fs, out, columns=["id"]).column("id").to_pylist()
+        parts = O.read_parts(out_fs, out, columns=["id", "status"])
         done = O.exists(out_fs, join(out, O.SUCCESS_FILE))
         prior = O.read_json(out_fs, join(out, O.JOB_FILE))
     except (OSError, ValueError) as exc:
         raise StorageError(f"output {shown}: cannot read: {type(exc).__name__}: {exc}") from None
+    committed = parts.column("id").to_pylist()
+    failed_ids = frozenset(
+        i for i, st in zip(committed, parts.column("status").to_pylist(), strict=True) if st != "ok"
+    )
     input_set = set(manifest.ids.to_pylist())
     state = f"output {shown}: "
     complete = False
@@ -102,11 +118,17 @@ def preflight(job: JobConfig, *, overwrite: bool = False, cwd: str | None = None
                 f"output {shown} holds {len(extra)} id(s) that the input does not (e.g. {sorted(extra)[:3]}): "
                 "use --overwrite, or another output path"
             )
-        complete = done and input_set <= set(committed)
+        complete = done and input_set <= set(committed) and not (retry_failed and failed_ids)
         if complete:
             state += f"complete ({len(committed)} rows, _SUCCESS present: a run is a no-op)"
+        elif retry_failed and failed_ids:
+            state += (
+                f"{len(committed)} rows committed, {len(failed_ids)} failed: --retry-failed edits them again"
+            )
         else:
             state += f"{len(committed)} of {manifest.num_rows} rows committed (a run resumes)"
+    if not complete or texts_when_complete:
+        lines.extend(check_texts(job, manifest.files, model))
     lines.append(state)
     return Preflight(
         job=job,
@@ -115,6 +137,7 @@ def preflight(job: JobConfig, *, overwrite: bool = False, cwd: str | None = None
         identity=identity,
         results_hash=key,
         committed=tuple(committed),
+        failed_ids=failed_ids,
         prior=prior,
         complete=complete,
         lines=lines,
@@ -163,4 +186,77 @@ def validate_job(job: JobConfig) -> list[str]:
     return preflight(job).lines
 
 
-__all__ = ["InputError", "ManifestError", "Preflight", "StorageError", "preflight", "validate_job"]
+def model_tokenizers(job: JobConfig, model: ModelSource) -> list[Any]:
+    """The model's tokenizers, from their files alone (a remote model's tokenizer folders are copied to
+    a temporary folder first); empty for a hub repository (its files need the network)."""
+    import tempfile
+
+    from diffedit.tokens import TOKENIZER_FOLDERS, load_tokenizers
+
+    if model.kind == "remote":
+        fs, root = filesystem(model.location, job.storage)
+        root = root.rstrip("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in TOKENIZER_FOLDERS:
+                if fs.exists(f"{root}/{name}"):
+                    fs.get(f"{root}/{name}/", f"{tmp}/{name}/", recursive=True)
+            return load_tokenizers(tmp)
+    if model.kind == "local":
+        return load_tokenizers(model.location)
+    return []
+
+
+def check_texts(job: JobConfig, files: tuple[str, ...] | list[str], model: ModelSource) -> list[str]:
+    """Warnings about rows whose edit cannot reach the model: query and caption the same tokens after
+    the text encoder's truncation (a no-op edit), or a prompt cut at the token limit (tokenizer files
+    only, ``diffedit.tokens``)."""
+    from diffedit.tokens import check_prompts
+
+    tokenizers = model_tokenizers(job, model)
+    if not tokenizers:
+        return []
+    fs, _ = filesystem(job.input.paths[0], job.storage)
+    unchanged: list[str] = []
+    truncated: list[str] = []
+    rows = 0
+    for path in files:
+        pf = parquet_file(fs, path)  # a pyarrow filesystem, never a Python file object (Arrow bug)
+        names = pf.schema_arrow.names
+        if "query" not in names:
+            continue
+        columns = ["id", "query"] + (["caption"] if "caption" in names else [])
+        for row in pf.read(columns=columns).to_pylist():
+            if not row.get("query"):
+                continue
+            rows += 1
+            check = check_prompts(tokenizers, str(row["query"]), str(row.get("caption") or ""))
+            if check.unchanged:
+                unchanged.append(str(row["id"]))
+            if check.truncated:
+                truncated.append(str(row["id"]))
+    limit = min(t.model_max_length for t in tokenizers)
+    lines = []
+    if unchanged:
+        lines.append(
+            f"text: WARNING {len(unchanged)} of {rows} rows have query and caption equal after truncation to "
+            f"{limit} tokens (the edit would do nothing), e.g. {unchanged[:3]}"
+        )
+    if truncated:
+        lines.append(
+            f"text: WARNING {len(truncated)} of {rows} rows have a caption or query longer than {limit} "
+            f"tokens (cut), e.g. {truncated[:3]}"
+        )
+    if not lines:
+        lines.append(f"text: all {rows} queries differ from their captions within {limit} tokens")
+    return lines
+
+
+__all__ = [
+    "InputError",
+    "ManifestError",
+    "Preflight",
+    "StorageError",
+    "check_texts",
+    "preflight",
+    "validate_job",
+]
