@@ -206,12 +206,17 @@ def model_tokenizers(job: JobConfig, model: ModelSource) -> list[Any]:
     return []
 
 
-def check_texts(job: JobConfig, files: tuple[str, ...] | list[str], model: ModelSource) -> list[str]:
+def check_texts(
+    job: JobConfig, files: tuple[str, ...] | list[str], model: ModelSource | None = None
+) -> list[str]:
     """Warnings about rows whose edit cannot reach the model: query and caption the same tokens after
     the text encoder's truncation (a no-op edit), or a prompt cut at the token limit (tokenizer files
-    only, ``diffedit.tokens``)."""
+    only, ``diffedit.tokens``). ``model``: the preflight's (default: found here)."""
     from diffedit.tokens import check_prompts
 
+    if model is None:
+        job = resolve_paths(job)
+        model = inspect_model(job)
     tokenizers = model_tokenizers(job, model)
     if not tokenizers:
         return []
