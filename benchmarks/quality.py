@@ -776,6 +776,7 @@ def run_benchmark(
     base: EditParams | None = None,
     slice_name: str = "all",
     references: bool = True,
+    peer_tasks: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run every method at every ratio on ``tasks`` with ``steps`` DDIM steps; return (summary rows,
     task records), labelled ``slice_name``.
@@ -784,7 +785,8 @@ def run_benchmark(
     etc.; the defaults when None) for every variant of ours. With ``default_steps`` (and
     ``diffedit`` among ``methods``), ours also runs once at that many steps — its default, 50 — at
     r = ``contact_ratio``: the contact sheet's row. Skipped when it equals ``steps`` (the sweep holds
-    it already). ``references``: also the ``vae_recon`` and ``target_render`` rows.
+    it already). ``references``: also the ``vae_recon`` and ``target_render`` rows. ``peer_tasks``:
+    LEDITS++ (one task per call, the slowest method) runs on the first that many tasks only.
     ``score_workers`` > 0 scores finished runs in that many worker processes while the model runs
     the next method (the shapes classifier costs about 0.1 s a task); 0 scores in this process.
     With ``out_dir``, writes results.csv, tasks.csv, tradeoff.png and (when ``diffedit`` ran)
@@ -811,7 +813,8 @@ def run_benchmark(
         pool = ProcessPoolExecutor(score_workers, mp_context=multiprocessing.get_context("spawn"))
     sheet: MethodRun | None = None
 
-    def add(run: MethodRun) -> None:
+    def add(run: MethodRun, on: Sequence[EditTask] | None = None) -> None:
+        on = tasks if on is None else on
         log(
             f"  ran {slice_name}: {run.method:<18} r={_fmt(run.ratio, 2):<4} {run.steps:>2} steps "
             f"in {run.seconds:7.1f} s"
@@ -826,7 +829,7 @@ def run_benchmark(
             run.predicts_mask,
         )
         scored.append(
-            pool.submit(score_run, light, tasks, slice_name) if pool else score_run(light, tasks, slice_name)
+            pool.submit(score_run, light, on, slice_name) if pool else score_run(light, on, slice_name)
         )
 
     log(
@@ -846,7 +849,8 @@ def run_benchmark(
                 add(run_diffusers(pipe, tasks, ratio, steps, max_batch))
                 continue
             if method == "ledits":
-                add(run_ledits_method(ledits, tasks, ratio, steps))
+                sub = tasks[:peer_tasks] if peer_tasks else tasks
+                add(run_ledits_method(ledits, sub, ratio, steps), sub)
                 continue
             run, results = run_ours(editor, tasks, ratio, steps, method, base)
             add(run)
@@ -941,6 +945,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--contact-ratio", type=float, default=0.7, help="r of the contact sheet (ours)")
     p.add_argument(
+        "--peer-tasks",
+        type=int,
+        default=0,
+        help="LEDITS++ on the first this many tasks only (one task per call: the slowest method); 0 = all",
+    )
+    p.add_argument(
         "--three-object-tasks",
         type=int,
         default=40,
@@ -1011,6 +1021,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods=args.methods,
         out_dir=out,
         default_steps=args.default_steps,
+        peer_tasks=args.peer_tasks or None,
         **common,
     )
     three: list[EditTask] = []
@@ -1040,6 +1051,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "task_seed": args.seed,
         "scene_seeds": [int(tasks[0].seed), int(tasks[-1].seed)] if tasks else [],
         "three_object_tasks": len(three),
+        "peer_tasks": args.peer_tasks or len(tasks),
+        "ledits_settings": __import__("benchmarks.quality_ledits", fromlist=["x"]).LEDITS_SETTINGS,
         "three_object_scene_seeds": [int(three[0].seed), int(three[-1].seed)] if three else [],
         "params_of_ours": base.to_dict(),
         "paper_mask": PAPER_MASK,
