@@ -991,6 +991,8 @@ def parse_overrides(items: Sequence[str]) -> EditParams:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.quality_ledits import LEDITS_SETTINGS
+
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1052,7 +1054,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scene_seeds": [int(tasks[0].seed), int(tasks[-1].seed)] if tasks else [],
         "three_object_tasks": len(three),
         "peer_tasks": args.peer_tasks or len(tasks),
-        "ledits_settings": __import__("benchmarks.quality_ledits", fromlist=["x"]).LEDITS_SETTINGS,
+        "ledits_settings": LEDITS_SETTINGS,
         "three_object_scene_seeds": [int(three[0].seed), int(three[-1].seed)] if three else [],
         "params_of_ours": base.to_dict(),
         "paper_mask": PAPER_MASK,
