@@ -6,7 +6,10 @@ Every method edits the same tasks (``diffedit.shapes.scenes.make_edit_tasks``: s
 >= 1_000_000_000, never used in training) with the same per-task seed (the task's scene seed), at
 each encoding ratio r:
 
-* ``diffedit``          ours (``DiffEditor``), the paper's recipe: mask, DDIM encode to r, masked decode;
+* ``diffedit``          ours (``DiffEditor``) at its defaults: mask, DDIM encode to r, masked decode;
+* ``diffedit_paper``    ours with the paper's mask recipe (``params.PAPER_MASK``: threshold 0.5);
+* ``diffedit_empty_ref`` the paper's RQ5 ablation: the paper's recipe with the empty prompt as the
+                        mask's reference text (at the contact ratio only: r does not touch the mask);
 * ``diffedit_paste``    the same edits with ``paste_background`` (the input's own pixels outside the
                         mask); derived from ``diffedit``'s output, no extra UNet evaluations;
 * ``diffedit_gt_mask``  ours with the ground-truth region as the mask (upper bound of the mask step);
@@ -14,7 +17,14 @@ each encoding ratio r:
 * ``sdedit``            forward noising to r (``encode_method="noise"``), decode with the query, no mask;
 * ``diffusers``         diffusers' deprecated ``StableDiffusionDiffEditPipeline`` at its defaults
                         (generate_mask(source=caption, target=query); invert(prompt=caption);
-                        __call__(inpaint_strength=r)), one seeded generator per task.
+                        __call__(inpaint_strength=r)), one seeded generator per task;
+* ``ledits``            diffusers' LEDITS++ (``benchmarks.quality_ledits``: settings and how they were
+                        tuned), skip = 1 - r, one task per call; ``--peer-tasks`` limits it to the
+                        first N tasks.
+
+A forced 3-object recolour slice (``--three-object-tasks`` 40, stream ``--three-object-seed``
+1000, ``THREE_OBJECT_METHODS`` at the contact ratio) is reported as ``slice`` =
+``three_object_recolor``.
 
 Two reference rows do not depend on r: ``vae_recon`` (decode(encode(x)), the ceiling of background
 fidelity for any method that works in latent space) and ``target_render`` (the ground-truth edited
@@ -29,11 +39,14 @@ Metrics per task (pure functions below), averaged per method and r:
   edit against input;
 * edit success: ``classify_region`` on the edited image inside the region; a recolour succeeds when
   the colour is the target colour, a reshape when the shape is the target shape and the colour is
-  kept;
+  kept; overall, by kind and by the scene's object count (1 / 2 / 3);
+* clean success: the edit succeeds AND every other object of the scene keeps its colour and shape
+  (``classify.objects_kept`` over its visible pixels in the target scene);
 * edits per second (wall clock of the method's whole run over the tasks, batched, this machine) and
   UNet sample-evaluations per edit.
 
-Cost: the sweep runs every method at ``--steps`` 25 DDIM steps (all alike; the paper's and
+Cost (measured before issue 12 added four methods and the slice; with them, LEDITS++ at one task
+per call dominates: expect about 45 min on an idle 2-core CPU): the sweep runs every method at ``--steps`` 25 DDIM steps (all alike; the paper's and
 diffusers' default is 50), and ours once more at its default 50 steps at r = 0.7: that row is the
 one the mask-IoU target is read from, and the contact sheet's. On a 2-core CPU, torch on one thread
 and one process scoring finished runs beside it, 200 tasks x 3 ratios took 1179 s (20 min) on
