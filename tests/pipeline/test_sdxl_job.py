@@ -20,13 +20,14 @@ def tiny_sdxl(tmp_path_factory):
     return save_tiny_sdxl_model(tmp_path_factory.mktemp("models") / "tiny-sdxl")
 
 
-def job_yaml(tmp_path, source: str) -> str:
+def job_yaml(tmp_path, source: str, revision: str | None = None) -> str:
+    pin = f', revision: "{revision}"' if revision else ""
     return f"""
 name: sdxl
 presets: [models/sdxl, compute/cpu]
 input: {{paths: ["{tmp_path / "manifest"}"]}}
 output: {{path: "{tmp_path / "out"}"}}
-model: {{source: "{source}"}}
+model: {{source: "{source}"{pin}}}
 params: {{num_inference_steps: 8, num_mask_draws: 2}}
 compute: {{batch_size: 2, torch_threads: 1}}
 """
@@ -53,8 +54,11 @@ def test_sdxl_preset_validates_against_a_tiny_sdxl_directory(tiny_sdxl, tmp_path
 
 
 def test_ray_job_edits_with_tiny_sdxl_loaded_by_hub_id_offline(ray_cluster, tiny_sdxl, tmp_path, monkeypatch):
+    """By hub id pinned to a commit, while main points at another model: the pin is what loads."""
     cache = tmp_path / "hf-cache"
-    save_hub_snapshot(tiny_sdxl, cache, "org/tiny-sdxl")
+    commit = save_hub_snapshot(tiny_sdxl, cache, "org/tiny-sdxl")
+    other = save_tiny_sdxl_model(tmp_path / "other", seed=1)
+    assert save_hub_snapshot(other, cache, "org/tiny-sdxl") != commit  # main moves on
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.chdir(tmp_path)  # "org/tiny-sdxl" is no path here
@@ -64,7 +68,7 @@ def test_ray_job_edits_with_tiny_sdxl_loaded_by_hub_id_offline(ray_cluster, tiny
     ]
     write_manifest(tmp_path / "manifest" / "part-0.parquet", rows)
     job = tmp_path / "job.yaml"
-    job.write_text(job_yaml(tmp_path, "org/tiny-sdxl"))
+    job.write_text(job_yaml(tmp_path, "org/tiny-sdxl", revision=commit))
 
     result = CliRunner().invoke(app, ["run", str(job), "--address", ray_cluster])
     assert result.exit_code == 0, result.output
