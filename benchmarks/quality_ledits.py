@@ -10,9 +10,11 @@ Settings (``LEDITS_SETTINGS``): editing_prompt [query, caption] with reverse [Fa
 the edited scene, away from the input's), sde-dpmsolver++ (order 2; the bundled model's DDIM
 scheduler fails in ``invert``), source guidance 3.5 (the default), and the encoding ratio r of the
 benchmark as ``skip = 1 - r`` (``skip`` is the fraction of the schedule LEDITS++ does *not* re-noise
-to: r = 0.7 ⇔ skip 0.3). ``edit_guidance_scale`` and ``edit_threshold`` were tuned on tasks outside
-the held-out set (``tune``; the issue's light tuning is 5 / 0.5 at skip 0.4). One task per call: its
-implicit masks are per image but its inversion state is the pipeline's.
+to: r = 0.7 ⇔ skip 0.3). ``edit_guidance_scale`` 5 and ``edit_threshold`` 0.5 are issue 12's light
+tuning (at skip 0.4, on the benchmark's first 100 held-out tasks). ``tune`` / ``main`` tune them on
+tasks outside the held-out set (``--seed 1``); that run (about 7 CPU-s per task and setting) has not
+been completed yet. One task per call: its implicit masks are per image but its inversion state is
+the pipeline's.
 """
 
 from __future__ import annotations
