@@ -124,7 +124,8 @@ def inspect_model(job: JobConfig) -> ModelSource:
 
 
 def _check_layout(files: set[str], read_json: Callable[[str], Any], where: str) -> dict[str, tuple[str, ...]]:
-    from diffedit.loading import ModelLayoutError, UnsafeWeightsError, check_layout
+    from diffedit.loading.errors import ModelLayoutError, UnsafeWeightsError
+    from diffedit.loading.layout import check_layout
 
     try:
         return check_layout(files, read_json, where)
@@ -141,7 +142,8 @@ def _small_files_sha256(files: list[str], read_bytes: Callable[[str], bytes]) ->
 
 
 def _inspect_local(root: str, where: str) -> ModelSource:
-    from diffedit.loading import _wanted, weights_sha256
+    from diffedit.loading.hashing import weights_sha256
+    from diffedit.loading.layout import wanted as _wanted
 
     if not os.path.exists(root):
         raise ConfigError(
@@ -185,7 +187,9 @@ def _inspect_local(root: str, where: str) -> ModelSource:
 
 
 def _inspect_remote(job: JobConfig, url: str, where: str) -> ModelSource:
-    from diffedit.loading import ModelSourceError, _list_remote, _wanted
+    from diffedit.loading.cache import _list_remote
+    from diffedit.loading.errors import ModelSourceError
+    from diffedit.loading.layout import wanted as _wanted
 
     try:
         fs, root = filesystem(url, job.storage)
@@ -220,7 +224,7 @@ def _inspect_remote(job: JobConfig, url: str, where: str) -> ModelSource:
 
 def _inspect_hub(job: JobConfig, repo: str, where: str) -> ModelSource:
     """Resolve the revision to a commit (hub, else the local snapshot cache) and check the layout."""
-    from diffedit.loading import FILE_PATTERNS
+    from diffedit.loading.layout import FILE_PATTERNS
 
     if not _HUB_ID.match(repo):
         raise ConfigError(f"{where}: a hub repository is {HUB_SCHEME}org/name, got {HUB_SCHEME}{repo}")
