@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.perf.common import SCHEMA, SECTIONS
+from benchmarks.perf.common import DEFAULT_SECTIONS, SCHEMA, SECTIONS
 from benchmarks.perf.compare import run_compare
 from benchmarks.perf.machine import machine_info
+from benchmarks.perf.precision import run_precision
 from benchmarks.perf.profiling import profile_ours
 from benchmarks.perf.ray_section import run_ray
 from benchmarks.perf.report import evaluate_targets, format_report
@@ -40,7 +41,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--workdir", default=None, help="manifest and job output of the ray section (default: <out>_work)"
     )
     p.add_argument(
-        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+        "--sections",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default {','.join(DEFAULT_SECTIONS)})",
     )
     p.add_argument("--rows", type=int, default=16, help="rows of the compare section")
     p.add_argument("--repeats", type=int, default=3, help="compare section: passes over the rows")
@@ -87,6 +90,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="torch threads (default 1: on a shared 2-core machine two threads spin against other processes "
         "and run 10-100x slower); 0 = torch's default",
     )
+    p.add_argument(
+        "--variants",
+        default="float32,bfloat16,float16,channels_last,bfloat16_channels_last,compile",
+        help="precision section: variants timed (float32 first: the reference)",
+    )
+    p.add_argument(
+        "--quality-variants",
+        default="float32,bfloat16,channels_last,bfloat16_channels_last,compile",
+        help="precision section: variants scored on the quality benchmark's tasks ('' = none)",
+    )
+    p.add_argument("--precision-rows", type=int, default=8, help="precision section: rows timed per pass")
+    p.add_argument("--precision-batch", type=int, default=4, help="precision section: rows per batch")
+    p.add_argument("--precision-repeats", type=int, default=3, help="precision section: passes")
+    p.add_argument("--quality-tasks", type=int, default=200, help="precision section: quality tasks")
+    p.add_argument("--quality-steps", type=int, default=50, help="precision section: quality DDIM steps")
+    p.add_argument(
+        "--quality-ratio", type=float, default=EditParams.encode_ratio, help="precision section: quality r"
+    )
+    p.add_argument(
+        "--archs", default="sd15,sd21,sdxl", help="archs section: architectures (one process each)"
+    )
+    p.add_argument("--arch-size", type=int, default=128, help="archs section: image side of the edit here")
+    p.add_argument("--arch-steps", type=int, default=4, help="archs section: DDIM steps of the edit here")
+    p.add_argument("--arch-draws", type=int, default=2, help="archs section: mask draws of the edit here")
+    p.add_argument("--arch-dtype", default="auto", help="archs section: dtype (auto: see archs.pick_dtype)")
     p.add_argument("--profile", default=None, help="also profile ours under cProfile, stats to this path")
     return p.parse_args(argv)
 
@@ -220,6 +248,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 address=args.ray_address,
                 warmup=warmup,
                 baseline_after=not args.ray_baseline_once,
+            ),
+        )
+    if "precision" in sections:
+        bundle = None
+        rows = make_rows(args.precision_rows, args.seed, args.size)
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        quality_variants = [v.strip() for v in args.quality_variants.split(",") if v.strip()]
+        section(
+            "precision",
+            lambda: run_precision(
+                model,
+                rows,
+                params,
+                variants=variants,
+                quality_variants=quality_variants,
+                batch=args.precision_batch,
+                max_batch=args.max_batch,
+                repeats=args.precision_repeats,
+                quality_tasks=args.quality_tasks,
+                quality_steps=args.quality_steps,
+                quality_ratio=args.quality_ratio,
+                warmup=warmup,
+            ),
+        )
+    if "archs" in sections:
+        from benchmarks.perf.archs import (
+            run_archs,  # here: ``python -m benchmarks.perf.archs`` runs its steps
+        )
+
+        bundle = None
+        section(
+            "archs",
+            lambda: run_archs(
+                [a.strip() for a in args.archs.split(",") if a.strip()],
+                size=args.arch_size,
+                steps=args.arch_steps,
+                draws=args.arch_draws,
+                dtype=args.arch_dtype,
+                threads=args.threads or torch.get_num_threads(),
+                workdir=workdir / "archs",
             ),
         )
     report["machine"]["load_average_end"] = list(os.getloadavg())

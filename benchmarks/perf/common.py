@@ -4,7 +4,9 @@ timed, and issue 5's targets."""
 from __future__ import annotations
 
 SCHEMA = "diffedit-perf/1"
-SECTIONS = ("compare", "batch", "size", "ray")
+#: Every section, and those run by default (precision and archs take many minutes and GiB: opt in).
+SECTIONS = ("compare", "batch", "size", "ray", "precision", "archs")
+DEFAULT_SECTIONS = ("compare", "batch", "size", "ray")
 #: Stages whose seconds are reported per method; image_io and other complete the wall time.
 STAGES = ("mask", "encode", "decode", "vae_encode", "vae_decode", "image_io", "other")
 #: Model groups timed by hooks.

@@ -236,6 +236,14 @@ def format_report(report: dict[str, Any]) -> str:
                     ],
                 )
             )
+    if report.get("precision"):
+        from benchmarks.perf.precision import format_precision
+
+        out.append(format_precision(report["precision"]))
+    if report.get("archs"):
+        from benchmarks.perf.archs import format_archs
+
+        out.append(format_archs(report["archs"]))
     out.append("\n== targets (issue 5) ==")
     rows = []
     for name, t in report["targets"].items():
