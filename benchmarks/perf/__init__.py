@@ -3,7 +3,8 @@
 
     python -m benchmarks.perf --model models/shapes-v2 --rows 16 --out out/perf.json
 
-Sections (``--sections``, all by default), every one on the same model, rows, seeds and parameters:
+Sections (``--sections``; by default compare, batch, size and ray), every one on the same model, rows,
+seeds and parameters:
 
 * ``compare``  ours and diffusers' pipeline over the same ``--rows`` held-out shapes edit tasks, in
   batches of ``--batch`` rows, ``--repeats`` passes, interleaved batch by batch (which method goes
@@ -29,6 +30,16 @@ Sections (``--sections``, all by default), every one on the same model, rows, se
   torch threads. ``ray.init`` is timed and reported apart; the job's time (everything ``run_job``
   does: manifest checks, the actor's model load, fetch/decode, edit, PNG encode, commits, summary) is
   what its rows/s is computed from. The in-process model load is reported apart too.
+* ``precision`` (opt in) float32, bfloat16, float16, channels_last, bfloat16 + channels_last and
+  ``torch.compile`` of the UNet side by side on ``--model``: speed in paired batches (median of the
+  per-batch ratios to float32), graphs compiled (warm-up / timed: a batch composition never
+  recompiles), and quality on ``--quality-tasks`` of the quality benchmark's tasks with
+  paired-bootstrap deltas of success and background PSNR (``precision.py``). Minutes per variant.
+* ``archs``    (opt in) SD 1.5, SD 2.1 and SDXL at full width, random weights from the published
+  configs (``fullsize.py``, ``arch_configs/``): parameters, peak RSS, seconds per UNet evaluation at
+  ``--arch-size`` pixels, FLOPs per call at native size (counted on the meta device), UNet
+  evaluations per edit, the edit through ``DiffEditor`` and through the Ray job, one child process
+  per architecture and step (``archs.py``). SDXL needs about 7 GB in bfloat16.
 
 Model time is measured with forward pre-hooks and hooks (``time.perf_counter``, CUDA synchronised) on
 the UNet, the VAE's encoder (+ quant_conv) and decoder (+ post_quant_conv), and the text encoder; the
@@ -40,8 +51,9 @@ load average before and after each section) and the settings, and prints a summa
 of issue 5. ``--profile PATH`` also runs ours once more under cProfile (untimed) and saves the stats.
 
 Modules, one per section: ``rows`` (the edit tasks), ``timing`` (hooks), ``methods`` (ours and
-diffusers'), ``compare``, ``scaling`` (``batch`` and ``size``), ``ray_section``, ``report`` (the printed
-summary and the targets), ``cli`` (arguments and dispatch).
+diffusers'), ``compare``, ``scaling`` (``batch`` and ``size``), ``ray_section``, ``precision``,
+``archs`` (with ``fullsize``, the random-weight builder), ``report`` (the printed summary and the
+targets), ``cli`` (arguments and dispatch).
 """
 
 from benchmarks.perf.cli import main, parse_args, run

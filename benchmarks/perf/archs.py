@@ -42,13 +42,14 @@ from benchmarks.perf.fullsize import ARCHS, arch_config, build_modules, count_pa
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def count_flops(name: str) -> dict[str, Any]:
-    """Parameters and FLOPs per call at native resolution (see the module docstring), on meta."""
+def count_flops(name: str, size: int | None = None) -> dict[str, Any]:
+    """Parameters and FLOPs per call at ``size`` pixels (default: the native resolution; see the
+    module docstring), on meta."""
     from torch.utils.flop_counter import FlopCounterMode
 
     cfg = arch_config(name)
     mods = build_modules(name, device="meta")
-    size = int(cfg["native_size"])
+    size = int(size or cfg["native_size"])
     stride = 2 ** (len(cfg["vae"]["block_out_channels"]) - 1)
     latent = size // stride
     meta = torch.device("meta")
@@ -260,6 +261,7 @@ def run_archs(
         d = pick_dtype(name, dtype)
         path = workdir / f"{name}-{d}-{size}"
         fig: dict[str, Any] = {"dtype": d, "model_dir": str(path), **count_flops(name)}
+        fig["unet_flops_here"] = count_flops(name, size)["flops"]["unet"]  # at the size the edit runs
         common = ["--path", str(path), "--dtype", d, "--size", str(size)]
         fig["build"] = _child(["build", name, *common], threads)
         run = [*common, "--steps", str(steps), "--draws", str(draws)]
@@ -344,6 +346,7 @@ def format_archs(a: dict[str, Any]) -> str:
             name, f["dtype"], f"{p['unet'] / m:.1f}", text, f"{p['vae'] / m:.1f}",
             f"{e['peak_rss_bytes'] / gib:.2f}", e["seconds_per_unet_eval"], e["cpu_seconds_per_unet_eval"],
             f"{fl['unet'] / g:,.0f}", f"{f['native_size']}",
+            f"{f['unet_flops_here'] / e['cpu_seconds_per_unet_eval'] / g:.0f}" if "unet_flops_here" in f else "-",
             e["unet_evals_per_edit"], f"{flops_per_edit(fl, 140) / 1e12:.1f}",
             f"{r.get('rows_ok', '-')}/1" if r else "not run",
         ])  # fmt: skip
@@ -352,7 +355,7 @@ def format_archs(a: dict[str, Any]) -> str:
         f"steps, {a['draws']} mask draws, {a['threads']} torch thread(s); FLOPs at native size ==",
         _table(
             ["arch", "dtype", "UNet M", "text M", "VAE M", "peak RSS GiB", "s/UNet eval (wall)",
-             "s/UNet eval (CPU)", "GFLOPs/UNet eval", "native px", "UNet evals/edit (counted)",
+             "s/UNet eval (CPU)", "GFLOPs/UNet eval", "native px", "GFLOP/s here (CPU)", "UNet evals/edit (counted)",
              "TFLOPs/edit at defaults", "Ray rows ok"],
             rows,
         ),
