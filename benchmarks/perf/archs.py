@@ -223,7 +223,14 @@ def step_ray(
     data["compute"]["dtype"] = dtype
     job = build_job(data, source="benchmarks.perf.archs")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):  # a local Ray's start-up times out on an overloaded machine: retry
+        try:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     try:
         t0 = time.perf_counter()
         outcome = run_job(job, overwrite=True)
@@ -263,11 +270,17 @@ def run_archs(
         fig: dict[str, Any] = {"dtype": d, "model_dir": str(path), **count_flops(name)}
         fig["unet_flops_here"] = count_flops(name, size)["flops"]["unet"]  # at the size the edit runs
         common = ["--path", str(path), "--dtype", d, "--size", str(size)]
-        fig["build"] = _child(["build", name, *common], threads)
         run = [*common, "--steps", str(steps), "--draws", str(draws)]
-        fig["edit"] = _child(["edit", name, *run], threads)
+        steps_argv = {"build": common, "edit": run}
         if ray:
-            fig["ray"] = _child(["ray", name, *run, "--workdir", str(workdir / f"{name}-job")], threads)
+            steps_argv["ray"] = [*run, "--workdir", str(workdir / f"{name}-job")]
+        for step, argv in steps_argv.items():
+            try:
+                fig[step] = _child([step, name, *argv], threads)
+            except RuntimeError as exc:  # recorded; the next architecture still runs
+                fig[step] = {"error": str(exc)}
+                if step == "build":
+                    break
         if not keep:
             shutil.rmtree(path, ignore_errors=True)
         out["archs"][name] = fig
@@ -340,23 +353,27 @@ def format_archs(a: dict[str, Any]) -> str:
     gib, m, g = 2**30, 1e6, 1e9
     rows = []
     for name, f in a["archs"].items():
-        p, fl, e, r = f["parameters"], f["flops"], f["edit"], f.get("ray") or {}
+        p, fl, e, r = f["parameters"], f["flops"], f.get("edit") or {}, f.get("ray") or {}
+        if "error" in e or not e:
+            e = {k: None for k in ("peak_rss_bytes", "seconds_per_unet_eval", "cpu_seconds_per_unet_eval",
+                                   "unet_evals_per_edit")}  # fmt: skip
         text = "+".join(f"{p[k] / m:.1f}" for k in ("text_encoder", "text_encoder_2") if k in p)
+        cpu_s = e["cpu_seconds_per_unet_eval"]
+        achieved = f"{f['unet_flops_here'] / cpu_s / g:.0f}" if cpu_s and "unet_flops_here" in f else "-"
+        ray_ok = "failed" if "error" in r else f"{r.get('rows_ok')}/1" if r else "not run"
         rows.append([
             name, f["dtype"], f"{p['unet'] / m:.1f}", text, f"{p['vae'] / m:.1f}",
-            f"{e['peak_rss_bytes'] / gib:.2f}", e["seconds_per_unet_eval"], e["cpu_seconds_per_unet_eval"],
-            f"{fl['unet'] / g:,.0f}", f"{f['native_size']}",
-            f"{f['unet_flops_here'] / e['cpu_seconds_per_unet_eval'] / g:.0f}" if "unet_flops_here" in f else "-",
-            e["unet_evals_per_edit"], f"{flops_per_edit(fl, 140) / 1e12:.1f}",
-            f"{r.get('rows_ok', '-')}/1" if r else "not run",
+            f"{e['peak_rss_bytes'] / gib:.2f}" if e["peak_rss_bytes"] else "failed",
+            e["seconds_per_unet_eval"], cpu_s, f"{fl['unet'] / g:,.0f}", f"{f['native_size']}", achieved,
+            e["unet_evals_per_edit"], f"{flops_per_edit(fl, 140) / 1e12:.1f}", ray_ok,
         ])  # fmt: skip
     return "\n".join([
         f"\n== real architectures (random weights, published configs): edit at {a['size']} px, {a['steps']} DDIM "
         f"steps, {a['draws']} mask draws, {a['threads']} torch thread(s); FLOPs at native size ==",
         _table(
             ["arch", "dtype", "UNet M", "text M", "VAE M", "peak RSS GiB", "s/UNet eval (wall)",
-             "s/UNet eval (CPU)", "GFLOPs/UNet eval", "native px", "GFLOP/s here (CPU)", "UNet evals/edit (counted)",
-             "TFLOPs/edit at defaults", "Ray rows ok"],
+             "s/UNet eval (CPU)", "GFLOPs/UNet eval", "native px", "GFLOP/s here (CPU)",
+             "UNet evals/edit (counted)", "TFLOPs/edit at defaults", "Ray rows ok"],
             rows,
         ),
         "TFLOPs/edit at defaults: 140 UNet evaluations (counted at the defaults by the compare section) + 1 VAE "
