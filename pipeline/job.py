@@ -298,8 +298,15 @@ def actor_env() -> dict[str, str]:
     """Environment of the model actors. OpenMP threads that spin while waiting (libgomp's default)
     make torch on a busy CPU dozens of times slower (measured on a 2-core machine: 0.25 s against
     17 s per row of the tiny model with 2 threads while another process used one core); passive
-    waiting costs nothing measurable when the cores are free."""
-    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    waiting costs nothing measurable when the cores are free. The driver's Hugging Face Hub settings
+    (``HUB_ENV``) go along: a hub id is loaded on the actors, which must read the same cache, offline
+    when the driver is (tokens are not forwarded: they would show in the job's runtime env)."""
+    hub = {name: os.environ[name] for name in HUB_ENV if name in os.environ}
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **hub}
+
+
+#: Hub client settings passed from the driver's environment to the model actors.
+HUB_ENV = ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_HOME")
 
 
 def ensure_ray(address: str | None = None) -> bool:

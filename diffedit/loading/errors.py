@@ -20,7 +20,8 @@ class UnsafeWeightsError(ValueError):
 
 
 class ModelSourceError(OSError):
-    """The source cannot be reached or does not exist: no such path, hub unreachable, listing failed."""
+    """The source cannot be read: remote listing or download failed, hub unreachable or erroring (a rerun
+    may succeed); ``ModelNotFoundError``, a subclass, when the model is not there at all."""
 
 
 class ModelNotFoundError(ModelSourceError):

@@ -38,8 +38,6 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
     "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
 }
-#: The pipeline class each family's model_index.json names (informative: the components decide).
-PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 #: The class the model_index.json entry of a component must name, where only one will do.
 REQUIRED_CLASSES = {("sdxl", "text_encoder_2"): "CLIPTextModelWithProjection"}
 #: The config file of each component (tokenizers are checked separately).
