@@ -6,7 +6,10 @@ Every method edits the same tasks (``diffedit.shapes.scenes.make_edit_tasks``: s
 >= 1_000_000_000, never used in training) with the same per-task seed (the task's scene seed), at
 each encoding ratio r:
 
-* ``diffedit``          ours (``DiffEditor``), the paper's recipe: mask, DDIM encode to r, masked decode;
+* ``diffedit``          ours (``DiffEditor``) at its defaults: mask, DDIM encode to r, masked decode;
+* ``diffedit_paper``    ours with the paper's mask recipe (``params.PAPER_MASK``: threshold 0.5);
+* ``diffedit_empty_ref`` the paper's RQ5 ablation: the paper's recipe with the empty prompt as the
+                        mask's reference text (at the contact ratio only: r does not touch the mask);
 * ``diffedit_paste``    the same edits with ``paste_background`` (the input's own pixels outside the
                         mask); derived from ``diffedit``'s output, no extra UNet evaluations;
 * ``diffedit_gt_mask``  ours with the ground-truth region as the mask (upper bound of the mask step);
@@ -14,7 +17,14 @@ each encoding ratio r:
 * ``sdedit``            forward noising to r (``encode_method="noise"``), decode with the query, no mask;
 * ``diffusers``         diffusers' deprecated ``StableDiffusionDiffEditPipeline`` at its defaults
                         (generate_mask(source=caption, target=query); invert(prompt=caption);
-                        __call__(inpaint_strength=r)), one seeded generator per task.
+                        __call__(inpaint_strength=r)), one seeded generator per task;
+* ``ledits``            diffusers' LEDITS++ (``benchmarks.quality_ledits``: settings and how they were
+                        tuned), skip = 1 - r, one task per call; ``--peer-tasks`` limits it to the
+                        first N tasks.
+
+A forced 3-object recolour slice (``--three-object-tasks`` 40, stream ``--three-object-seed``
+1000, ``THREE_OBJECT_METHODS`` at the contact ratio) is reported as ``slice`` =
+``three_object_recolor``.
 
 Two reference rows do not depend on r: ``vae_recon`` (decode(encode(x)), the ceiling of background
 fidelity for any method that works in latent space) and ``target_render`` (the ground-truth edited
@@ -29,11 +39,14 @@ Metrics per task (pure functions below), averaged per method and r:
   edit against input;
 * edit success: ``classify_region`` on the edited image inside the region; a recolour succeeds when
   the colour is the target colour, a reshape when the shape is the target shape and the colour is
-  kept;
+  kept; overall, by kind and by the scene's object count (1 / 2 / 3);
+* clean success: the edit succeeds AND every other object of the scene keeps its colour and shape
+  (``classify.objects_kept`` over its visible pixels in the target scene);
 * edits per second (wall clock of the method's whole run over the tasks, batched, this machine) and
   UNet sample-evaluations per edit.
 
-Cost: the sweep runs every method at ``--steps`` 25 DDIM steps (all alike; the paper's and
+Cost (measured before issue 12 added four methods and the slice; with them, LEDITS++ at one task
+per call dominates: expect about 45 min on an idle 2-core CPU): the sweep runs every method at ``--steps`` 25 DDIM steps (all alike; the paper's and
 diffusers' default is 50), and ours once more at its default 50 steps at r = 0.7: that row is the
 one the mask-IoU target is read from, and the contact sheet's. On a 2-core CPU, torch on one thread
 and one process scoring finished runs beside it, 200 tasks x 3 ratios took 1179 s (20 min) on
@@ -67,20 +80,43 @@ from PIL import Image
 
 from diffedit.bundle import ModelBundle
 from diffedit.editor import DiffEditor, EditRequest, EditResult, paste_background
-from diffedit.params import EditParams
+from diffedit.params import PAPER_MASK, EditParams
 from diffedit.reference import UNetSampleCounter, deprecated_diffedit_pipeline
-from diffedit.shapes.classify import MIN_PIXELS, classify_region, object_pixels
+from diffedit.shapes.classify import MIN_PIXELS, classify_region, object_pixels, objects_kept
 from diffedit.shapes.scenes import EditTask, make_edit_tasks
 from diffedit.shapes.vocab import OBJECT_COLOURS
 
 #: Methods that edit, in report order.
 METHODS: tuple[str, ...] = (
     "diffedit",
+    "diffedit_paper",
+    "diffedit_empty_ref",
     "diffedit_paste",
     "diffedit_gt_mask",
     "diffedit_no_mask",
     "sdedit",
     "diffusers",
+    "ledits",
+)
+#: Methods run at the contact ratio only: the RQ5 ablation changes the mask, which r does not touch.
+ONE_RATIO_METHODS: tuple[str, ...] = ("diffedit_empty_ref",)
+#: Methods of the forced 3-object recolour slice (run at the contact ratio).
+THREE_OBJECT_METHODS: tuple[str, ...] = (
+    "diffedit",
+    "diffedit_paper",
+    "diffedit_gt_mask",
+    "sdedit",
+    "diffusers",
+    "ledits",
+)
+#: Variants of ours (``run_ours``).
+OURS: tuple[str, ...] = (
+    "diffedit",
+    "diffedit_paper",
+    "diffedit_empty_ref",
+    "diffedit_gt_mask",
+    "diffedit_no_mask",
+    "sdedit",
 )
 #: Reference rows that do not depend on r.
 REFERENCES: tuple[str, ...] = ("vae_recon", "target_render")
@@ -88,6 +124,7 @@ REFERENCES: tuple[str, ...] = ("vae_recon", "target_render")
 PSNR_CAP_DB = 100.0
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
+    "slice",
     "method",
     "ratio",
     "steps",
@@ -104,15 +141,29 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "success",
     "success_recolor",
     "success_reshape",
+    "clean_success",
+    "clean_success_recolor",
+    "clean_success_reshape",
+    "n_1obj",
+    "n_2obj",
+    "n_3obj",
+    "success_1obj",
+    "success_2obj",
+    "success_3obj",
+    "clean_success_1obj",
+    "clean_success_2obj",
+    "clean_success_3obj",
     "edits_per_s",
     "unet_evals_per_edit",
     "seconds",
 )
 TASK_COLUMNS: tuple[str, ...] = (
+    "slice",
     "method",
     "ratio",
     "task_id",
     "kind",
+    "n_objects",
     "seed",
     "caption",
     "query",
@@ -121,6 +172,8 @@ TASK_COLUMNS: tuple[str, ...] = (
     "judged_colour",
     "judged_shape",
     "success",
+    "others_kept",
+    "clean_success",
     "mask_iou",
     "bg_psnr",
     "bg_mae",
@@ -219,6 +272,17 @@ def judge_edit(
     return colour, shape, colour == target_colour and shape == target_shape
 
 
+def judge_clean(edited: Image.Image | np.ndarray, task: EditTask, success: bool) -> tuple[float, bool]:
+    """(others kept, clean success): a clean edit succeeds (``judge_edit``) AND every other object
+    of the scene keeps its colour and shape (``classify.objects_kept`` over its visible pixels in
+    the target scene). The others are read only when the edit succeeded (about 0.1 s each);
+    otherwise ``others kept`` is NaN. A scene with one object has nothing else to keep."""
+    if not success:
+        return float("nan"), False
+    kept = all(objects_kept(edited, task.others))
+    return float(kept), kept
+
+
 def mask_to_image(mask_latent: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A (h, w) latent mask -> (H, W) bool at image ``size`` (width, height), nearest neighbour: each
     latent pixel covers its block of image pixels."""
@@ -292,21 +356,26 @@ def run_ours(
     ratio: float,
     steps: int,
     variant: str,
+    base: EditParams | None = None,
 ) -> tuple[MethodRun, list[EditResult]]:
     """Our editor on every task at encoding ratio ``ratio`` with ``steps`` DDIM steps.
 
-    ``variant``: "diffedit" (predicted mask), "diffedit_gt_mask" (the task's region as the mask),
-    "diffedit_no_mask" (all-ones mask) or "sdedit" (noise encoding, all-ones mask). Returns the run
-    and the raw results (for ``paste_run``).
+    ``variant``: "diffedit" (predicted mask, ``base``'s mask options: the defaults unless given),
+    "diffedit_paper" (the paper's mask recipe, ``PAPER_MASK``), "diffedit_empty_ref" (the paper's
+    recipe with the empty prompt as the mask's reference text: the paper's RQ5 ablation),
+    "diffedit_gt_mask" (the task's region as the mask), "diffedit_no_mask" (all-ones mask) or
+    "sdedit" (noise encoding, all-ones mask). Returns the run and the raw results (for ``paste_run``).
     """
-    params = EditParams(num_inference_steps=steps, encode_ratio=ratio)
+    params = (base or EditParams()).replace(num_inference_steps=steps, encode_ratio=ratio)
     if variant == "sdedit":
         params = params.replace(encode_method="noise")
+    elif variant in ("diffedit_paper", "diffedit_empty_ref"):
+        params = params.replace(**PAPER_MASK)
     elif variant not in ("diffedit", "diffedit_gt_mask", "diffedit_no_mask"):
         raise ValueError(f"unknown variant {variant!r}")
     requests = []
     for t in tasks:
-        if variant == "diffedit":
+        if variant in ("diffedit", "diffedit_paper", "diffedit_empty_ref"):
             mask = None
         elif variant == "diffedit_gt_mask":
             mask = np.asarray(t.region, dtype=bool)
@@ -316,7 +385,7 @@ def run_ours(
             EditRequest(
                 image=t.image,
                 query=t.query,
-                caption=t.caption,
+                caption="" if variant == "diffedit_empty_ref" else t.caption,
                 seed=int(t.seed),
                 params=params,
                 id=t.id,
@@ -333,7 +402,7 @@ def run_ours(
         steps=steps,
         outputs=outputs,
         seconds=seconds,
-        predicts_mask=variant in ("diffedit", "diffedit_gt_mask"),
+        predicts_mask=variant not in ("diffedit_no_mask", "sdedit"),
     )
     return run, results
 
@@ -414,6 +483,15 @@ def run_diffusers(
     return MethodRun("diffusers", ratio, steps, outputs, seconds, predicts_mask=True)
 
 
+def run_ledits_method(pipe: Any, tasks: Sequence[EditTask], ratio: float, steps: int) -> MethodRun:
+    """LEDITS++ (``benchmarks.quality_ledits``) at ``ratio`` (skip = 1 - ratio) with its stated settings."""
+    from benchmarks.quality_ledits import LEDITS_SETTINGS, run_ledits
+
+    images, evals, seconds = run_ledits(pipe, tasks, ratio, steps)
+    outputs = [MethodOutput(img, None, None, n) for img, n in zip(images, evals, strict=True)]
+    return MethodRun("ledits", ratio, steps, outputs, seconds, notes=dict(LEDITS_SETTINGS))
+
+
 @torch.inference_mode()
 def run_vae_recon(bundle: ModelBundle, tasks: Sequence[EditTask], max_batch: int) -> MethodRun:
     """decode(encode(x)) of every input: the ceiling of fidelity in latent space."""
@@ -438,11 +516,12 @@ def run_target_render(tasks: Sequence[EditTask]) -> MethodRun:
 # =========================================================================== scoring
 
 
-def score_run(run: MethodRun, tasks: Sequence[EditTask]) -> list[dict[str, Any]]:
+def score_run(run: MethodRun, tasks: Sequence[EditTask], slice_name: str = "all") -> list[dict[str, Any]]:
     """One record per task (``TASK_COLUMNS``)."""
     records = []
     for t, out in zip(tasks, run.outputs, strict=True):
         colour, shape, ok = judge_edit(out.image, t.region, t.kind, t.target_colour, t.target_shape)
+        kept, clean = judge_clean(out.image, t, ok)
         iou = (
             mask_iou(out.mask_binary, t.region)
             if run.predicts_mask and out.mask_binary is not None
@@ -450,10 +529,12 @@ def score_run(run: MethodRun, tasks: Sequence[EditTask]) -> list[dict[str, Any]]
         )
         records.append(
             {
+                "slice": slice_name,
                 "method": run.method,
                 "ratio": run.ratio,
                 "task_id": t.id,
                 "kind": t.kind,
+                "n_objects": t.n_objects,
                 "seed": t.seed,
                 "caption": t.caption,
                 "query": t.query,
@@ -462,6 +543,8 @@ def score_run(run: MethodRun, tasks: Sequence[EditTask]) -> list[dict[str, Any]]
                 "judged_colour": colour,
                 "judged_shape": shape,
                 "success": float(ok),
+                "others_kept": kept,
+                "clean_success": float(clean),
                 "mask_iou": iou,
                 "bg_psnr": background_psnr(out.image, t.image, t.region),
                 "bg_mae": background_mae(out.image, t.image, t.region),
@@ -477,9 +560,13 @@ def summarise(run: MethodRun, records: Sequence[dict[str, Any]]) -> dict[str, An
     def of(kind: str | None, key: str) -> float:
         return _mean([r[key] for r in records if kind is None or r["kind"] == kind])
 
+    def by_count(k: int, key: str) -> float:
+        return _mean([r[key] for r in records if r.get("n_objects") == k])
+
     n = len(records)
     reference = run.method in REFERENCES
     return {
+        "slice": records[0].get("slice", "all") if records else "all",
         "method": run.method,
         "ratio": run.ratio,
         "steps": run.steps,
@@ -496,6 +583,12 @@ def summarise(run: MethodRun, records: Sequence[dict[str, Any]]) -> dict[str, An
         "success": of(None, "success"),
         "success_recolor": of("recolor", "success"),
         "success_reshape": of("reshape", "success"),
+        "clean_success": of(None, "clean_success"),
+        "clean_success_recolor": of("recolor", "clean_success"),
+        "clean_success_reshape": of("reshape", "clean_success"),
+        **{f"n_{k}obj": sum(r.get("n_objects") == k for r in records) for k in (1, 2, 3)},
+        **{f"success_{k}obj": by_count(k, "success") for k in (1, 2, 3)},
+        **{f"clean_success_{k}obj": by_count(k, "clean_success") for k in (1, 2, 3)},
         "edits_per_s": float("nan") if reference or run.seconds <= 0 else n / run.seconds,
         "unet_evals_per_edit": of(None, "unet_evals"),
         "seconds": run.seconds,
@@ -524,6 +617,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A fixed-width text table of the summary rows."""
     cols = [
+        ("slice", "slice", 0),
         ("method", "method", 0),
         ("ratio", "r", 1),
         ("steps", "steps", 0),
@@ -535,12 +629,21 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         ("success", "success", 3),
         ("success_recolor", "succ rec", 3),
         ("success_reshape", "succ resh", 3),
+        ("clean_success", "clean", 3),
+        ("success_1obj", "succ 1obj", 3),
+        ("success_2obj", "succ 2obj", 3),
+        ("success_3obj", "succ 3obj", 3),
         ("edits_per_s", "edits/s", 2),
         ("unet_evals_per_edit", "UNet/edit", 0),
     ]
     cells = [[h for _, h, _ in cols]]
     for row in rows:
-        cells.append([_fmt(row[k], d) if isinstance(row[k], float) else str(row[k]) for k, _, d in cols])
+        cells.append(
+            [
+                _fmt(row.get(k, ""), d) if isinstance(row.get(k), float) else str(row.get(k, ""))
+                for k, _, d in cols
+            ]
+        )
     widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
     lines = []
     for j, r in enumerate(cells):
@@ -555,9 +658,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path, steps: int | None = None) -> None:
-    """Edit success against background PSNR, one line per method across r (the paper's trade-off
-    plot) over the rows run at ``steps`` DDIM steps (None: the most common count); rows at other
-    step counts as separate stars; the VAE reconstruction's background PSNR as a vertical line."""
+    """Edit success (left) and clean success (right) against background PSNR, one line per method
+    across r (the paper's trade-off plot) over the rows run at ``steps`` DDIM steps (None: the most
+    common count); rows at other step counts as separate stars; the VAE reconstruction's background
+    PSNR as a vertical line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -567,47 +671,51 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path, steps: int | None 
     if steps is None and edits:
         counts = [r["steps"] for r in edits]
         steps = max(set(counts), key=counts.count)
-    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
-    for method in METHODS:
-        pts = sorted(
-            (r for r in edits if r["method"] == method and r["steps"] == steps), key=lambda r: r["ratio"]
-        )
-        if not pts:
-            continue
-        xs, ys = [p["bg_psnr"] for p in pts], [p["success"] for p in pts]
-        (line,) = ax.plot(xs, ys, marker="o", label=f"{method} ({steps} steps)")
-        for extra in (r for r in edits if r["method"] == method and r["steps"] != steps):
-            ax.plot(
-                extra["bg_psnr"],
-                extra["success"],
-                marker="*",
-                markersize=12,
-                color=line.get_color(),
-                linestyle="none",
-                label=f"{method}, {extra['steps']} steps, r={extra['ratio']:g}",
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), dpi=110, sharey=True)
+    for ax, key, name in zip(
+        axes, ("success", "clean_success"), ("edit success", "clean success (others kept too)"), strict=True
+    ):
+        for method in METHODS:
+            pts = sorted(
+                (r for r in edits if r["method"] == method and r["steps"] == steps), key=lambda r: r["ratio"]
             )
-        for p in pts:
-            ax.annotate(
-                f"r={p['ratio']:g}",
-                (p["bg_psnr"], p["success"]),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
-    for r in rows:
-        if r["method"] == "vae_recon":
-            ax.axvline(
-                r["bg_psnr"],
-                color="grey",
-                linestyle="--",
-                label=f"VAE reconstruction ({r['bg_psnr']:.1f} dB)",
-            )
-    ax.set_xlabel("background PSNR outside the edit region (dB, higher = better preserved)")
-    ax.set_ylabel("edit success (classifier)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.set_title("DiffEdit trade-off on held-out shapes edits")
-    ax.legend(fontsize=8, loc="best")
+            if not pts:
+                continue
+            xs, ys = [p["bg_psnr"] for p in pts], [p[key] for p in pts]
+            (line,) = ax.plot(xs, ys, marker="o", label=f"{method} ({steps} steps)")
+            for extra in (r for r in edits if r["method"] == method and r["steps"] != steps):
+                ax.plot(
+                    extra["bg_psnr"],
+                    extra[key],
+                    marker="*",
+                    markersize=12,
+                    color=line.get_color(),
+                    linestyle="none",
+                    label=f"{method}, {extra['steps']} steps, r={extra['ratio']:g}",
+                )
+            for p in pts:
+                ax.annotate(
+                    f"r={p['ratio']:g}",
+                    (p["bg_psnr"], p[key]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+        for r in rows:
+            if r["method"] == "vae_recon":
+                ax.axvline(
+                    r["bg_psnr"],
+                    color="grey",
+                    linestyle="--",
+                    label=f"VAE reconstruction ({r['bg_psnr']:.1f} dB)",
+                )
+        ax.set_xlabel("background PSNR outside the edit region (dB, higher = better preserved)")
+        ax.set_ylabel(f"{name} (classifier)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title(name)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle("DiffEdit trade-off on held-out shapes edits")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -678,13 +786,20 @@ def run_benchmark(
     default_steps: int | None = 50,
     score_workers: int = 1,
     log: Callable[[str], None] = print,
+    base: EditParams | None = None,
+    slice_name: str = "all",
+    references: bool = True,
+    peer_tasks: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run every method at every ratio on ``tasks`` with ``steps`` DDIM steps; return (summary rows,
-    task records).
+    task records), labelled ``slice_name``.
 
-    With ``default_steps`` (and ``diffedit`` among ``methods``), ours also runs once at that many
-    steps — its default, 50 — at r = ``contact_ratio``: the row the mask-IoU target is read from, and
-    the contact sheet's. Skipped when it equals ``steps`` (the sweep holds it already).
+    ``ONE_RATIO_METHODS`` run at ``contact_ratio`` only. ``base``: our parameters (mask options
+    etc.; the defaults when None) for every variant of ours. With ``default_steps`` (and
+    ``diffedit`` among ``methods``), ours also runs once at that many steps — its default, 50 — at
+    r = ``contact_ratio``: the contact sheet's row. Skipped when it equals ``steps`` (the sweep holds
+    it already). ``references``: also the ``vae_recon`` and ``target_render`` rows. ``peer_tasks``:
+    LEDITS++ (one task per call, the slowest method) runs on the first that many tasks only.
     ``score_workers`` > 0 scores finished runs in that many worker processes while the model runs
     the next method (the shapes classifier costs about 0.1 s a task); 0 scores in this process.
     With ``out_dir``, writes results.csv, tasks.csv, tradeoff.png and (when ``diffedit`` ran)
@@ -696,6 +811,11 @@ def run_benchmark(
     tasks = list(tasks)
     editor = DiffEditor(bundle, max_batch=max_batch)
     pipe = deprecated_diffedit_pipeline(bundle) if "diffusers" in methods else None
+    ledits = None
+    if "ledits" in methods:
+        from benchmarks.quality_ledits import ledits_pipeline
+
+        ledits = ledits_pipeline(bundle)
     runs: list[MethodRun] = []
     scored: list[Any] = []  # per run: a Future of its records, or the records
     pool = None
@@ -706,8 +826,12 @@ def run_benchmark(
         pool = ProcessPoolExecutor(score_workers, mp_context=multiprocessing.get_context("spawn"))
     sheet: MethodRun | None = None
 
-    def add(run: MethodRun) -> None:
-        log(f"  ran {run.method:<17} r={_fmt(run.ratio, 2):<4} {run.steps:>2} steps in {run.seconds:7.1f} s")
+    def add(run: MethodRun, on: Sequence[EditTask] | None = None) -> None:
+        on = tasks if on is None else on
+        log(
+            f"  ran {slice_name}: {run.method:<18} r={_fmt(run.ratio, 2):<4} {run.steps:>2} steps "
+            f"in {run.seconds:7.1f} s"
+        )
         runs.append(run)
         light = MethodRun(  # the soft masks are not scored: leave them out of the pickle
             run.method,
@@ -717,21 +841,31 @@ def run_benchmark(
             run.seconds,
             run.predicts_mask,
         )
-        scored.append(pool.submit(score_run, light, tasks) if pool else score_run(light, tasks))
+        scored.append(
+            pool.submit(score_run, light, on, slice_name) if pool else score_run(light, on, slice_name)
+        )
 
     log(
-        f"{len(tasks)} tasks, ratios {list(ratios)}, methods {list(methods)}, {steps} steps, max_batch {max_batch}"
+        f"{slice_name}: {len(tasks)} tasks, ratios {list(ratios)}, methods {list(methods)}, {steps} steps, "
+        f"max_batch {max_batch}"
     )
-    add(run_vae_recon(bundle, tasks, max_batch))
-    add(run_target_render(tasks))
+    if references:
+        add(run_vae_recon(bundle, tasks, max_batch))
+        add(run_target_render(tasks))
     for ratio in ratios:
         for method in methods:
             if method == "diffedit_paste":
                 continue  # derived from diffedit's run
+            if method in ONE_RATIO_METHODS and ratio != contact_ratio:
+                continue
             if method == "diffusers":
                 add(run_diffusers(pipe, tasks, ratio, steps, max_batch))
                 continue
-            run, results = run_ours(editor, tasks, ratio, steps, method)
+            if method == "ledits":
+                sub = tasks[:peer_tasks] if peer_tasks else tasks
+                add(run_ledits_method(ledits, sub, ratio, steps), sub)
+                continue
+            run, results = run_ours(editor, tasks, ratio, steps, method, base)
             add(run)
             if method == "diffedit":
                 if "diffedit_paste" in methods:
@@ -740,7 +874,7 @@ def run_benchmark(
                     sheet = run
     if default_steps and default_steps != steps and "diffedit" in methods:
         log(f"ours at its default {default_steps} steps, r={contact_ratio:g}:")
-        run, results = run_ours(editor, tasks, contact_ratio, default_steps, "diffedit")
+        run, results = run_ours(editor, tasks, contact_ratio, default_steps, "diffedit", base)
         add(run)
         sheet = run
         if "diffedit_paste" in methods:
@@ -752,26 +886,34 @@ def run_benchmark(
         for run, pending in zip(runs, scored, strict=True):
             recs = pending.result() if pool else pending
             row = summarise(run, recs)
+            row["slice"] = slice_name
             rows.append(row)
             records.extend(recs)
             if run is sheet:
                 sheet_records = recs
             log(
-                f"  {run.method:<17} r={_fmt(run.ratio, 2):<4} {run.steps:>2} steps  "
-                f"success {row['success']:.3f}  bg PSNR {row['bg_psnr']:.2f} dB  "
+                f"  {slice_name}: {run.method:<18} r={_fmt(run.ratio, 2):<4} {run.steps:>2} steps  "
+                f"success {row['success']:.3f}  clean {row['clean_success']:.3f}  "
+                f"bg PSNR {row['bg_psnr']:.2f} dB  "
                 f"IoU rec/resh {_fmt(row['mask_iou_recolor'])}/{_fmt(row['mask_iou_reshape'])}"
             )
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        write_csv(out_dir / "results.csv", rows, SUMMARY_COLUMNS)
-        write_csv(out_dir / "tasks.csv", records, TASK_COLUMNS)
-        plot_tradeoff(rows, out_dir / "tradeoff.png", steps)
+        write_outputs(Path(out_dir), rows, records, steps)
         if sheet is not None:
-            contact_sheet(tasks, sheet, out_dir / "contact_sheet.png", sheet_records)
+            contact_sheet(tasks, sheet, Path(out_dir) / "contact_sheet.png", sheet_records)
     return rows, records
+
+
+def write_outputs(
+    out_dir: Path, rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]], steps: int
+) -> None:
+    """results.csv, tasks.csv and tradeoff.png (of the ``all`` slice) in ``out_dir``."""
+    write_csv(out_dir / "results.csv", rows, SUMMARY_COLUMNS)
+    write_csv(out_dir / "tasks.csv", records, TASK_COLUMNS)
+    plot_tradeoff([r for r in rows if r.get("slice", "all") == "all"], out_dir / "tradeoff.png", steps)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -782,7 +924,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--model", default="models/shapes-v2", help="model directory or URL (load_bundle)")
     p.add_argument(
-        "--tiny", action="store_true", help="use a tiny random model instead (smoke test; edits are noise)"
+        "--tiny",
+        action="store_true",
+        help="use a tiny random model instead (benchmarks.quality_ledits.tiny_ledits_bundle; smoke test, edits are noise)",
     )
     p.add_argument("--tasks", type=int, default=200, help="number of held-out edit tasks")
     p.add_argument("--seed", type=int, default=0, help="task stream (scene seeds 1e9 + seed * 1_000_003 + k)")
@@ -813,11 +957,55 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="processes scoring finished runs while the model runs the next; 0 = score inline",
     )
     p.add_argument("--contact-ratio", type=float, default=0.7, help="r of the contact sheet (ours)")
+    p.add_argument(
+        "--peer-tasks",
+        type=int,
+        default=0,
+        help="LEDITS++ on the first this many tasks only (one task per call: the slowest method); 0 = all",
+    )
+    p.add_argument(
+        "--three-object-tasks",
+        type=int,
+        default=40,
+        help="size of the forced 3-object recolour slice (run at --contact-ratio); 0 = skip",
+    )
+    p.add_argument(
+        "--three-object-seed", type=int, default=1000, help="task stream of the 3-object slice (held out)"
+    )
+    p.add_argument(
+        "--three-object-methods",
+        nargs="+",
+        default=list(THREE_OBJECT_METHODS),
+        choices=list(METHODS),
+        help="methods of the 3-object slice",
+    )
+    p.add_argument(
+        "--override",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="EditParams fields for every variant of ours (YAML values), e.g. mask_threshold=0.3",
+    )
     p.add_argument("--out", default="out/quality", help="output directory")
     return p.parse_args(argv)
 
 
+def parse_overrides(items: Sequence[str]) -> EditParams:
+    """``KEY=VALUE`` strings (values read as YAML scalars) -> EditParams over the defaults."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--override {item!r}: expected KEY=VALUE")
+        values[key.strip()] = yaml.safe_load(value)
+    return EditParams.from_dict(values, source="--override")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.quality_ledits import LEDITS_SETTINGS
+
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -825,26 +1013,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
-        from diffedit.tiny import tiny_bundle
+        from benchmarks.quality_ledits import tiny_ledits_bundle
 
-        bundle, model = tiny_bundle(seed=0), "tiny:0"
+        bundle, model = tiny_ledits_bundle(seed=0), "tiny-ledits:0"
     else:
         from diffedit.loading import load_bundle
 
         bundle, model = load_bundle(args.model), args.model
+    base = parse_overrides(args.override)
     tasks = make_edit_tasks(args.seed, args.tasks, size=args.size, kinds=tuple(args.kinds))
-    rows, _ = run_benchmark(
+    common = dict(
+        steps=args.steps,
+        max_batch=args.max_batch,
+        contact_ratio=args.contact_ratio,
+        score_workers=args.score_workers,
+        base=base,
+    )
+    rows, records = run_benchmark(
         bundle,
         tasks,
         args.ratios,
         methods=args.methods,
-        steps=args.steps,
-        max_batch=args.max_batch,
         out_dir=out,
-        contact_ratio=args.contact_ratio,
         default_steps=args.default_steps,
-        score_workers=args.score_workers,
+        peer_tasks=args.peer_tasks or None,
+        **common,
     )
+    three: list[EditTask] = []
+    if args.three_object_tasks > 0:
+        three = make_edit_tasks(
+            args.three_object_seed, args.three_object_tasks, size=args.size, kinds=("recolor",), n_objects=3
+        )
+        rows3, records3 = run_benchmark(
+            bundle,
+            three,
+            [args.contact_ratio],
+            methods=args.three_object_methods,
+            default_steps=None,
+            slice_name="three_object_recolor",
+            references=False,
+            **common,
+        )
+        rows, records = rows + rows3, records + records3
+        write_outputs(out, rows, records, args.steps)
     wall = time.perf_counter() - wall0
     ceiling = latent_grid_ceiling(tasks, bundle.vae_scale_factor)
     meta = {
@@ -854,6 +1065,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tasks": len(tasks),
         "task_seed": args.seed,
         "scene_seeds": [int(tasks[0].seed), int(tasks[-1].seed)] if tasks else [],
+        "three_object_tasks": len(three),
+        "peer_tasks": args.peer_tasks or len(tasks),
+        "ledits_settings": LEDITS_SETTINGS,
+        "three_object_scene_seeds": [int(three[0].seed), int(three[-1].seed)] if three else [],
+        "params_of_ours": base.to_dict(),
+        "paper_mask": PAPER_MASK,
         "ratios": args.ratios,
         "methods": args.methods,
         "steps": args.steps,

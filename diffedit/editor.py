@@ -276,6 +276,12 @@ class DiffEditor:
                 threshold=torch.tensor([rows[i].params.mask_threshold for i in todo]),
                 max_batch=self.max_batch,
                 evals=evals_mask,
+                emb_empty=emb_empty[idx.to(device)],
+                union=torch.tensor([rows[i].params.mask_cover == "union" for i in todo]),
+                union_threshold=torch.tensor([rows[i].params.mask_union_threshold for i in todo]),
+                closing=torch.tensor([rows[i].params.mask_closing for i in todo]),
+                holes=torch.tensor([rows[i].params.mask_fill_holes for i in todo]),
+                dilation=torch.tensor([rows[i].params.mask_dilation for i in todo]),
             )
             soft[idx] = maps.soft.cpu()
             binary[idx] = maps.binary.cpu()

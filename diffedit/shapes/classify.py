@@ -11,6 +11,8 @@ count) and the shape with the best intersection-over-union wins. With fewer than
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image
 
@@ -133,3 +135,15 @@ def classify_region(image: Image.Image | np.ndarray, region: np.ndarray) -> tupl
     votes = np.bincount(nearest[inside], minlength=len(_NAMES))  # (K,)
     k = int(votes.argmax())
     return _NAMES[k], classify_shape(inside & (nearest == k), dont_care=is_obj & (nearest != k))
+
+
+def objects_kept(
+    image: Image.Image | np.ndarray, objects: Sequence[tuple[str, str, np.ndarray]]
+) -> list[bool]:
+    """For each (colour, shape, (H, W) bool pixels) object, whether ``image`` still shows it there:
+    ``classify_region`` over its pixels reads the same colour and shape. The stricter half of a clean
+    edit (the edited object right, and every other object kept)."""
+    kept = []
+    for colour, shape, pixels in objects:
+        kept.append(classify_region(image, np.asarray(pixels, dtype=bool)) == (colour, shape))
+    return kept

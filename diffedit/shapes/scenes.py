@@ -103,6 +103,9 @@ class EditTask:
     object_mask_before: np.ndarray = field(repr=False)  # (H, W) bool, visible pixels before
     object_mask_after: np.ndarray = field(repr=False)  # (H, W) bool, visible pixels after
     target_image: Image.Image = field(repr=False)  # the scene rendered with the edit applied
+    n_objects: int = 1  # objects in the scene
+    others: tuple[tuple[str, str, np.ndarray], ...] = field(default=(), repr=False)  # every other
+    #   object as (colour, shape, (H, W) bool visible pixels in ``target_image``): what a clean edit keeps
 
 
 # --------------------------------------------------------------------------- rendering
@@ -312,6 +315,8 @@ def _edit_task(scene: Scene, index: int, kind: str, rng: np.random.Generator) ->
         object_mask_before=obj.mask,
         object_mask_after=after,
         target_image=target_image,
+        n_objects=len(scene.objects),
+        others=tuple((o.colour, o.shape, visible[j]) for j, o in enumerate(scene.objects) if j != index),
     )
 
 
@@ -328,6 +333,7 @@ def make_edit_tasks(
     size: int = 64,
     kinds: tuple[str, ...] = ("recolor", "reshape"),
     max_objects: int = 3,
+    n_objects: int | None = None,
 ) -> list[EditTask]:
     """``n`` held-out edit tasks, deterministic for ``seed``; kinds alternate in the given order.
 
@@ -335,7 +341,8 @@ def make_edit_tasks(
     recolour it (same shape, another colour) or reshape it (same colour, same centre and size,
     another shape). Tasks whose query would name two identical objects, or whose new object would
     be mostly hidden, are skipped; so are scenes with more than ``max_objects`` objects. The scene
-    of a task is ``sample_scene(task.seed, size)``.
+    of a task is ``sample_scene(task.seed, size)``, or with ``n_objects`` (1-3, a forced count, e.g.
+    the benchmark's 3-object slice) ``sample_scene(task.seed, size, n_objects)``.
     """
     tasks: list[EditTask] = []
     k = 0
@@ -343,7 +350,7 @@ def make_edit_tasks(
         scene_seed = eval_scene_seed(seed, k)
         k += 1
         kind = kinds[len(tasks) % len(kinds)]
-        scene = sample_scene(scene_seed, size)  # the task's scene is exactly sample_scene(seed)
+        scene = sample_scene(scene_seed, size, n_objects)  # exactly the scene of sample_scene(seed)
         if len(scene.objects) > max_objects:
             continue
         rng = np.random.default_rng([scene_seed, 7])

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffedit.shapes.posterior import POSTERIOR_STD, set_posterior_std
 from diffedit.shapes.scenes import sample_scene
 from diffedit.shapes.vocab import build_shapes_tokenizer
 from diffedit.tiny import SD_SCHEDULER_CONFIG, save_sd_directory
@@ -425,6 +426,9 @@ def export(args: argparse.Namespace, state: dict[str, Any], log: Logger) -> Path
     vae = build_vae(args.seed)
     vae.load_state_dict(state["vae"])
     vae.register_to_config(scaling_factor=float(state["scaling_factor"]))
+    # The log-variance half of quant_conv only ever saw the KL gradient (phase 1 reconstructs the
+    # mean), which leaves the posterior std ~1: export a narrow posterior instead (posterior.py).
+    set_posterior_std(vae, POSTERIOR_STD)
     tokenizer, text_encoder, unet = build_diffusion_models(args)
     text_encoder.load_state_dict(state["text_encoder"])
     unet.load_state_dict(state["unet_ema"])

@@ -155,3 +155,20 @@ def test_tokenizer_is_the_same_in_every_process(tmp_path) -> None:
         assert len(tokenizer(word).input_ids) == 3, word
     pieces = tokenizer.convert_ids_to_tokens(tokenizer("blob").input_ids[1:-1])
     assert len(pieces) > 1 and "".join(pieces) == "blob</w>"
+
+
+def test_forced_object_count_and_the_other_objects():
+    """``n_objects`` forces the scenes' object count (the benchmark's 3-object slice), and each task
+    lists every other object with its visible pixels in the target scene, disjoint from the edited
+    object's new footprint."""
+    tasks = make_edit_tasks(1000, 6, kinds=("recolor",), n_objects=3)
+    for t in tasks:
+        scene = sample_scene(t.seed, n_objects=3)
+        assert t.n_objects == len(scene.objects) == 3 and len(t.others) == 2
+        assert t.image.tobytes() == scene.image.tobytes()
+        others = [o for j, o in enumerate(scene.objects) if j != t.object_index]
+        assert [(c, s) for c, s, _ in t.others] == [(o.colour, o.shape) for o in others]
+        for _, _, pixels in t.others:
+            assert pixels.any() and not (pixels & t.object_mask_after).any()
+    default = make_edit_tasks(0, 20)
+    assert all(t.n_objects == len(sample_scene(t.seed).objects) == 1 + len(t.others) for t in default)
