@@ -123,6 +123,8 @@ class ComputeConfig:
     io_cpus: float = 0.25
     fetch_threads: int = 8  # concurrent image downloads inside one fetch task
     rows_per_block: int = 32  # rows per Ray block after reading: the unit of streaming and of progress
+    channels_last: bool = False  # NHWC convolutions in the UNet and VAE (ModelBundle.optimize)
+    compile_unet: bool = False  # torch.compile the UNet, dynamic in the batch (diffedit.compiled)
 
     @property
     def min_actors(self) -> int:

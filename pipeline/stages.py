@@ -149,6 +149,7 @@ class EditStage:
             cache_dir=job.model.cache_dir,
             storage_options=options,
         )
+        self.bundle.optimize(channels_last=compute.channels_last, compile_unet=compute.compile_unet)
         self.editor = DiffEditor(self.bundle, job.params, max_batch=compute.max_batch)
         self.model = model_label or redact(self.bundle.source)
         log.info(

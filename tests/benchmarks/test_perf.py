@@ -1,4 +1,4 @@
-"""Performance benchmark (benchmarks/perf.py) on a tiny random model: every figure lands in the JSON,
+"""Performance benchmark (the benchmarks.perf package) on a tiny random model: every figure lands in the JSON,
 evaluations are counted (140 ours, 200 diffusers' at the defaults), fractions are fractions."""
 
 from __future__ import annotations
@@ -10,16 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks.perf import (
-    STAGES,
-    ModelTimer,
-    evaluate_targets,
-    format_report,
-    make_rows,
-    parse_args,
-    run,
-    split_unet_calls,
-)
+from benchmarks.perf.cli import parse_args, run
+from benchmarks.perf.common import STAGES
+from benchmarks.perf.report import evaluate_targets, format_report
+from benchmarks.perf.rows import make_rows
+from benchmarks.perf.timing import ModelTimer, split_unet_calls
 from diffedit.reference import UNetSampleCounter
 from diffedit.tiny import tiny_bundle
 
