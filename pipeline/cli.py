@@ -112,14 +112,21 @@ def run(
 
 
 @app.command()
-def validate(job_file: Path = typer.Argument(..., help="The job YAML.")) -> None:
-    """Check the config, the input's schema and ids, the model's layout and the output, without
-    loading the model."""
+def validate(
+    job_file: Path = typer.Argument(..., help="The job YAML."),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="Check the resource plan against this Ray cluster (default $RAY_ADDRESS, else this machine).",
+    ),
+) -> None:
+    """Check the config, the input's schema and ids, the model's layout, the resource plan and the
+    output, without loading the model."""
     from pipeline.validate import validate_job
 
     try:
         job = load_job(job_file)
-        lines = validate_job(job)
+        lines = validate_job(job, address=address)
     except ConfigError as exc:
         raise _fail(ExitCode.CONFIG, f"config: {exc}") from None
     except (InputError, ManifestError) as exc:

@@ -78,9 +78,10 @@ def check_model(job: JobConfig) -> str:
     return f"{kind} {redact(source)}: Stable Diffusion layout OK ({count} safetensors file(s))"
 
 
-def validate_job(job: JobConfig) -> list[str]:
-    """Run every check; a report (one line each). Raises ``ConfigError`` (model) or ``ManifestError``
-    (input)."""
+def validate_job(job: JobConfig, address: str | None = None) -> list[str]:
+    """Run every check; a report (one line each). Raises ``ConfigError`` (model, or a resource plan
+    that can never run: the same check as ``run``'s, ``pipeline.job.check_resources``) or
+    ``ManifestError`` (input)."""
     lines = [f"config {job.source}: OK (name {job.name}, config hash {job.config_hash[:16]})"]
     info = inspect_manifest(job.input.paths, job.storage)
     assert info.ids is not None
@@ -116,6 +117,11 @@ def validate_job(job: JobConfig) -> list[str]:
         else:
             lines.append(f"images: all {total_uris} image URIs are inside images.allow")
     lines.append(f"model: {check_model(job)}")
+    from pipeline.job import check_resources
+
+    plan = check_resources(job, address, log_warnings=False)
+    lines += [f"compute: {note}" for note in plan.notes]
+    lines += [f"compute: WARNING {warning}" for warning in plan.warnings]
     out_fs, out = filesystem(job.output.path, job.storage)
     committed = O.read_parts(out_fs, out, columns=["id"]).column("id").to_pylist()
     done = O.exists(out_fs, f"{out.rstrip('/')}/{O.SUCCESS_FILE}")
