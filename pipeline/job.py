@@ -200,13 +200,44 @@ def execute(
     """Build and run the Ray Data plan over the rows not in ``done`` (Ray must be initialised). The
     watchdog (``pipeline.watchdog``) ends a plan that stops moving with ``Stalled`` (exit 1)."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
 
-    from pipeline.stages import encode_rows, fetch_rows
-    from pipeline.watchdog import ProgressBoard, Stalled, Watchdog, WatchedEditStage
+    from pipeline.watchdog import ProgressBoard, Stalled, Watchdog, board_snapshot
 
     c = job.compute
     in_fs, _ = filesystem(job.input.paths[0], job.storage)
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    dog = Watchdog(c, board_snapshot(board)).start()  # from here on, a plan that stops moving ends
+    try:
+        try:
+            return _run_plan(job, manifest, done, run_id, out_fs, out, in_fs, board)
+        finally:
+            dog.stop()
+    except KeyboardInterrupt:
+        if dog.reason:  # the watchdog interrupted the plan; Ray Data has shut its executor down
+            raise Stalled(dog.reason) from None
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            ray.kill(board)
+
+
+def _run_plan(
+    job: JobConfig,
+    manifest: ManifestInfo,
+    done: frozenset[str],
+    run_id: str,
+    out_fs: fsspec.AbstractFileSystem,
+    out: str,
+    in_fs: Any,
+    board: Any,
+) -> list[O.PartWritten]:
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from pipeline.stages import encode_rows, fetch_rows
+    from pipeline.watchdog import WatchedEditStage
+
+    c = job.compute
     ctx = DataContext.get_current()
     ctx.max_errored_blocks = 0
     io = {"num_cpus": c.io_cpus}
@@ -227,7 +258,6 @@ def execute(
         if c.min_actors == c.max_actors
         else ActorPoolStrategy(min_size=c.min_actors, max_size=c.max_actors)
     )
-    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
     memory = {"memory": c.actor_memory_gb * 1024**3} if c.actor_memory_gb > 0 else {}
     ds = ds.map_batches(
         WatchedEditStage,
@@ -248,19 +278,7 @@ def execute(
         **io,
     )
     sink = O.make_datasink(out_fs, out, job.output.rows_per_file, run_id)
-    dog = Watchdog(c, board).start()
-    try:
-        try:
-            ds.write_datasink(sink, ray_remote_args=io)
-        finally:
-            dog.stop()
-    except KeyboardInterrupt:
-        if dog.reason:  # the watchdog interrupted the plan; Ray Data has shut its executor down
-            raise Stalled(dog.reason) from None
-        raise
-    finally:
-        with contextlib.suppress(Exception):
-            ray.kill(board)
+    ds.write_datasink(sink, ray_remote_args=io)
     return sink.written
 
 

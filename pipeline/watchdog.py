@@ -85,21 +85,35 @@ def stall_reason(
     return None
 
 
+def board_snapshot(board: Any, timeout: float = 10.0) -> Callable[[], tuple[int, int]]:
+    """A snapshot function over a ``ProgressBoard`` actor handle."""
+
+    def snapshot() -> tuple[int, int]:
+        import ray
+
+        ready, rows = ray.get(board.snapshot.remote(), timeout=timeout)
+        return int(ready), int(rows)
+
+    return snapshot
+
+
 class Watchdog:
-    """Polls ``board`` every ``poll_s`` seconds from a driver thread; on a stall, records the reason in
-    ``self.reason`` and interrupts the main thread (``_thread.interrupt_main``)."""
+    """Calls ``snapshot()`` (ready actors, rows done) every ``poll_s`` seconds from a driver thread; on
+    a stall, records the reason in ``self.reason`` and interrupts the main thread
+    (``_thread.interrupt_main``: a ``KeyboardInterrupt`` there, which Ray Data answers by shutting
+    its executor down)."""
 
     def __init__(
         self,
         compute: ComputeConfig,
-        board: Any,
+        snapshot: Callable[[], tuple[int, int]],
         *,
         poll_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         interrupt: Callable[[], None] = _thread.interrupt_main,
     ) -> None:
         self.compute = compute
-        self.board = board
+        self.snapshot = snapshot
         limits = [t for t in (compute.actor_startup_timeout_s, compute.progress_timeout_s) if t > 0]
         self.poll_s = poll_s if poll_s is not None else min([5.0, *(t / 4 for t in limits)])
         self.clock = clock
@@ -121,20 +135,18 @@ class Watchdog:
         self._wake.set()
 
     def _loop(self) -> None:
-        import ray
-
         started = self.clock()
         last: tuple[int, int] = (0, 0)
         last_change: float | None = None
         while not self._wake.wait(self.poll_s):
             try:
-                counts = tuple(ray.get(self.board.snapshot.remote(), timeout=max(10.0, self.poll_s)))
-            except Exception as exc:  # the board is unreachable: the run is in trouble anyway
-                log.debug("watchdog: board unreachable (%s)", exc)
-                continue
+                counts = self.snapshot()
+            except Exception as exc:  # the board is unreachable: the timeouts still run
+                log.debug("watchdog: no snapshot (%s)", exc)
+                counts = last
             now = self.clock()
             if counts != last:
-                last, last_change = counts, now  # type: ignore[assignment]
+                last, last_change = counts, now
             reason = stall_reason(
                 self.compute, now=now, started=started, ready=last[0], last_change=last_change, rows=last[1]
             )
