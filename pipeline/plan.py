@@ -134,7 +134,7 @@ def check_plan(compute: ComputeConfig, cluster: ClusterDescription) -> PlanCheck
     if not any(_fits([n.cpus, n.gpus, n.memory], need) for n in nodes):
         largest = max(nodes, key=lambda n: (n.gpus, n.cpus, n.memory), default=None)
         message = (
-            f"compute: one model actor needs {actor}, but no node of {where} has that "
+            f"compute: one model actor needs {actor}, but no node of {where} ({shapes}) has that "
             f"(largest: {largest.describe() if largest else 'none'}"
             + (
                 f"; autoscaler node types: {', '.join(t.describe() for t in cluster.node_types)}"
