@@ -24,6 +24,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import IntEnum
@@ -319,19 +320,23 @@ def ensure_ray(address: str | None = None) -> bool:
 
 
 def check_resources(
-    job: JobConfig, address: str | None = None, *, connect: bool = True, log_warnings: bool = True
+    job: JobConfig,
+    address: str | None = None,
+    *,
+    connect: Callable[[str | None], Any] | None = ensure_ray,
+    log_warnings: bool = True,
 ) -> PlanCheck:
     """The plan check of ``validate`` and ``run`` (``pipeline.plan``): against this machine when no
     Ray address is given and Ray is not running here (without starting Ray), else against the
-    cluster (connecting to it first when ``connect``). A plan that can never run is a ``ConfigError``
-    (exit 2); warnings are logged (``log_warnings``)."""
+    cluster (connecting to it first with ``connect``, unless None). A plan that can never run is a
+    ``ConfigError`` (exit 2); warnings are logged (``log_warnings``)."""
     import ray
 
     address = ray_address(address)
     if address is None and not ray.is_initialized():
         return require_plan(job, local_cluster(), log_warnings=log_warnings)
-    if connect:
-        ensure_ray(address)
+    if connect is not None:
+        connect(address)
     return require_plan(job, connected_cluster(), log_warnings=log_warnings)
 
 

@@ -20,8 +20,8 @@ The rules (each broken one is a one-line problem; ``run`` and ``validate`` exit 
    ``io_cpus``, and with every CPU held by actors they are never scheduled and Ray Data waits for
    ever (Ray issue 44687).
 
-Actors are placed first-fit on the emptiest node that holds them (the placement that best keeps a
-whole CPU free): the check passes plans that some placement can run. It is necessary, not
+Actors are placed one by one on the fullest node that still holds them (best fit: the placement
+that best keeps a whole CPU free elsewhere): the check passes plans that some placement can run. It is necessary, not
 sufficient (Ray's scheduler may place differently, a node may die): ``pipeline.watchdog`` bounds the
 rest at run time.
 
@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import ComputeConfig, ConfigError, JobConfig
@@ -79,7 +79,7 @@ class PlanCheck:
     problems: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     actors_placed: int = 0  # how many actors fit on the nodes of now
-    notes: tuple[str, ...] = field(default=())  # what was checked, for validate's report
+    notes: tuple[str, ...] = ()  # what was checked, for validate's report
 
     @property
     def ok(self) -> bool:
