@@ -224,10 +224,14 @@ def main(work: Path) -> None:
         wd = work / "wd"
         files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                                text=True, check=True).stdout.split()  # fmt: skip
-        for rel in files:
-            if (REPO / rel).is_file():
-                (wd / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(REPO / rel, wd / rel)
+        for rel in files:  # a checkout's files, symbolic links kept as links
+            source, target = REPO / rel, wd / rel
+            if source.is_symlink() or source.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_symlink():
+                os.symlink(os.readlink(source), target)
+            elif source.is_file():
+                shutil.copy2(source, target)
         (wd / "jobs" / "cluster_demo.yaml").write_text(
             job_yaml(
                 work / "manifest", work / "out_jobs_api", "models/shapes-v2", "actors: 1, cpus_per_actor: 1"
