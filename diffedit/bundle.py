@@ -1,9 +1,19 @@
-"""The model bundle: the resident components of a Stable-Diffusion-layout model.
+"""The model bundle: the resident components of a Stable Diffusion (1.x/2.x) or SDXL model.
 
-A ``ModelBundle`` holds the UNet, the VAE, the text encoder and tokenizer and the noise schedule, on
-one device and dtype, and turns them into the three pure-tensor callables that the DiffEdit stages
-take: ``eps(latents, t, text_embeddings) -> eps``, ``vae_encode`` and ``vae_decode``. It owns no
-algorithm. Loading from disk, fsspec URLs or the hub is ``diffedit.loading.load_bundle``.
+A ``ModelBundle`` holds the UNet, the VAE, the text encoder(s) and tokenizer(s) and the noise schedule,
+on one device and dtype, and turns them into the pure-tensor callables that the DiffEdit stages take:
+``eps(latents, t, text_embeddings) -> eps``, ``vae_encode`` and ``vae_decode``. It owns no algorithm.
+Loading from disk, fsspec URLs or the hub is ``diffedit.loading.load_bundle``.
+
+SDXL (family "sdxl", a UNet with ``addition_embed_type="text_time"``) differs in three places, each as
+diffusers' ``StableDiffusionXLPipeline`` does it:
+  1. text: both encoders' penultimate hidden states, concatenated, and the second encoder's projected
+     pooled output; the empty prompt (the unconditional) embeds as zeros when the model says
+     ``force_zeros_for_empty_prompt``. The three added conditions travel in one tensor
+     (``diffedit.conditioning``); ``condition_rows`` writes each row's size conditions into it;
+  2. the UNet call: ``added_cond_kwargs = {"text_embeds", "time_ids"}`` unpacked from that tensor;
+  3. the VAE stays in float32 when the bundle is float16 and its config says ``force_upcast`` (the SDXL
+     VAE overflows in float16). SD pipelines ignore ``force_upcast``, and so does an SD bundle.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from typing import Any
 
 import torch
 
+from diffedit import conditioning
 from diffedit.schedule import alphas_cumprod_from_config
 
 
@@ -25,6 +36,11 @@ class ModelBundle:
     scheduler_config: dict[str, Any]  # the scheduler's config.json: beta schedule, prediction type, ...
     source: str = "<in-process>"  # where it was loaded from, as the user named it (no credentials)
     weights_hash: str = ""  # sha256 over the safetensors weight files ("" when built in-process)
+    text_encoder_2: Any = None  # SDXL: transformers.CLIPTextModelWithProjection; None for SD
+    tokenizer_2: Any = None  # SDXL: transformers.CLIPTokenizer; None for SD
+    force_zeros_for_empty_prompt: bool = (
+        False  # SDXL: "" embeds as zeros (model_index.json; diffusers' default)
+    )
     alphas_cumprod: torch.Tensor = field(init=False)  # (T,) float64, on the CPU
 
     def __post_init__(self) -> None:
@@ -37,9 +53,49 @@ class ModelBundle:
                 "(expected 'epsilon' or 'v_prediction')"
             )
         self.prediction_type = prediction
-        for module in (self.unet, self.vae, self.text_encoder):
+        self.family = "sdxl" if self.unet.config.get("addition_embed_type") == "text_time" else "sd"
+        self._check_family()
+        for module in self._modules():
             module.eval()
             module.requires_grad_(False)
+        if self.family == "sdxl" and self.dtype == torch.float16 and self.vae.config.get("force_upcast"):
+            self.vae.to(torch.float32)  # diffusers' SDXL pipelines upcast it too: float16 overflows
+
+    def _modules(self) -> list[Any]:
+        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
+
+    def _check_family(self) -> None:
+        """Refuse components that do not fit together, naming the mismatch."""
+        added = self.unet.config.get("addition_embed_type")
+        if self.family == "sd":
+            if added is not None:
+                raise ValueError(f"{self.source}: UNet addition_embed_type {added!r} is not supported")
+            if self.text_encoder_2 is not None or self.tokenizer_2 is not None:
+                raise ValueError(f"{self.source}: a second text encoder needs an SDXL UNet (text_time)")
+            return
+        if self.text_encoder_2 is None or self.tokenizer_2 is None:
+            raise ValueError(f"{self.source}: an SDXL UNet (text_time) needs text_encoder_2 and tokenizer_2")
+        u, c1, c2 = self.unet.config, self.text_encoder.config, self.text_encoder_2.config
+        problems = []
+        if u.cross_attention_dim != c1.hidden_size + c2.hidden_size:
+            problems.append(
+                f"unet cross_attention_dim {u.cross_attention_dim} != text encoders' hidden sizes "
+                f"{c1.hidden_size} + {c2.hidden_size}"
+            )
+        added_dim = c2.projection_dim + conditioning.NUM_TIME_IDS * u.addition_time_embed_dim
+        if u.projection_class_embeddings_input_dim != added_dim:
+            problems.append(
+                f"unet projection_class_embeddings_input_dim {u.projection_class_embeddings_input_dim} != "
+                f"text_encoder_2 projection_dim {c2.projection_dim} + 6 x addition_time_embed_dim "
+                f"{u.addition_time_embed_dim}"
+            )
+        if self.tokenizer.model_max_length != self.tokenizer_2.model_max_length:
+            problems.append(
+                f"tokenizer model_max_length {self.tokenizer.model_max_length} != tokenizer_2's "
+                f"{self.tokenizer_2.model_max_length}"
+            )
+        if problems:
+            raise ValueError(f"{self.source}: SDXL components do not fit: " + "; ".join(problems))
 
     def optimize(
         self, *, channels_last: bool = False, compile_unet: bool = False, vae_tiling: bool = False
@@ -71,6 +127,11 @@ class ModelBundle:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        """The VAE's own dtype: float32 for an upcast SDXL VAE, else the bundle's."""
+        return next(self.vae.parameters()).dtype
 
     @property
     def work_dtype(self) -> torch.dtype:
@@ -110,30 +171,82 @@ class ModelBundle:
     # ----------------------------------------------------------------- text
     @torch.inference_mode()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings, padded to the tokenizer's max length.  # (P, L, D)"""
-        tokens = self.tokenizer(
+        """Text embeddings, padded to the tokenizer's max length, in the model's dtype.
+
+        SD: the text encoder's last hidden states.  # (P, L, D)
+        SDXL, as diffusers' ``StableDiffusionXLPipeline.encode_prompt`` (clip_skip None): each encoder's
+        penultimate hidden states, concatenated on D, and text_encoder_2's projected pooled output, packed
+        with zero size conditions (``diffedit.conditioning.pack``); the empty prompt gives zeros when
+        ``force_zeros_for_empty_prompt``.  # (P, L + k, D)
+        """
+        if self.family == "sd":
+            return self.text_encoder(self._token_ids(self.tokenizer, prompts, self.text_encoder))[0].to(
+                self.dtype
+            )
+        hidden, pooled = [], None
+        for tokenizer, encoder in (
+            (self.tokenizer, self.text_encoder),
+            (self.tokenizer_2, self.text_encoder_2),
+        ):
+            out = encoder(self._token_ids(tokenizer, prompts, encoder), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])  # (P, L, D_i): the penultimate layer
+            pooled = out[0] if out[0].ndim == 2 else pooled  # (P, P_2): text_embeds of the projection model
+        cond = conditioning.pack(torch.cat(hidden, dim=-1), pooled).to(self.dtype)  # (P, L + k, D)
+        if self.force_zeros_for_empty_prompt:
+            empty = torch.tensor([p == "" for p in prompts], device=cond.device)
+            cond[empty] = 0
+        return cond
+
+    @staticmethod
+    def _token_ids(tokenizer: Any, prompts: list[str], encoder: Any) -> torch.Tensor:
+        tokens = tokenizer(
             prompts,
             padding="max_length",
-            max_length=self.tokenizer.model_max_length,
+            max_length=tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
         )
-        ids = tokens.input_ids.to(self.text_encoder.device)  # (P, L)
-        hidden = self.text_encoder(ids)[0]  # (P, L, D)
-        return hidden.to(self.dtype)
+        return tokens.input_ids.to(next(encoder.parameters()).device)  # (P, L)
+
+    def condition_rows(
+        self,
+        embeddings: torch.Tensor,
+        original_sizes: list[tuple[int, int]],
+        target_sizes: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        """Per-row conditioning from per-prompt embeddings (B, L', D): SDXL writes each row's size
+        conditions (``conditioning.time_ids_for``: the row's input size as original size, crop (0, 0), the
+        size the model works at as target size; sizes as (width, height)), in the embeddings' dtype as
+        diffusers does; SD embeddings come back as they are."""
+        if self.family == "sd":
+            return embeddings
+        ids = [conditioning.time_ids_for(o, t) for o, t in zip(original_sizes, target_sizes, strict=True)]
+        time_ids = torch.tensor(ids, dtype=embeddings.dtype, device=embeddings.device)  # (B, 6)
+        return conditioning.with_time_ids(embeddings, time_ids, self._pooled_dim())
+
+    def _pooled_dim(self) -> int:
+        return int(self.text_encoder_2.config.projection_dim)
 
     # ----------------------------------------------------------------- model calls
     @torch.inference_mode()
     def eps(self, latents: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
         """The noise-prediction contract of every DiffEdit stage.
 
-        latents (B, C, h, w), t (B,) integer timesteps, text_embeddings (B, L, D) -> eps (B, C, h, w).
+        latents (B, C, h, w), t (B,) integer timesteps, text_embeddings (B, L', D) (``encode_prompts``
+        after ``condition_rows``) -> eps (B, C, h, w). SDXL's added conditions are unpacked from it.
         A v-prediction model's output is converted: eps = sqrt(a_t) v + sqrt(1 - a_t) x_t
         (Salimans & Ho 2022, "Progressive distillation", eq. for v).
         """
-        out = self.unet(
-            latents.to(self.dtype), t.to(self.device), encoder_hidden_states=text_embeddings.to(self.dtype)
-        ).sample  # (B, C, h, w)
+        cond = text_embeddings.to(self.device, self.dtype)
+        if self.family == "sdxl":
+            hidden, pooled, time_ids = conditioning.unpack(cond, self._pooled_dim())
+            kwargs = {
+                "encoder_hidden_states": hidden,
+                "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids},
+            }
+        else:
+            kwargs = {"encoder_hidden_states": cond}
+        out = self.unet(latents.to(self.dtype), t.to(self.device), **kwargs).sample  # (B, C, h, w)
         if self.prediction_type == "v_prediction":
             a = self._alphas_on_device()[t.to(self.device)].to(out.dtype).view(-1, 1, 1, 1)
             out = a.sqrt() * out + (1 - a).sqrt() * latents.to(out.dtype)
@@ -145,7 +258,7 @@ class ModelBundle:
 
         DiffEdit's input is deterministic: the mode of the VAE posterior, not a sample.
         """
-        posterior = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
+        posterior = self.vae.encode(images.to(self.device, self.vae_dtype)).latent_dist
         latents = posterior.mode()
         return (latents.to(self.work_dtype) - self._shift()) * self._scale()
 
@@ -153,7 +266,7 @@ class ModelBundle:
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """scaled latents (B, C, h, w) -> images (B, 3, h*f, w*f) in [-1, 1]."""
         z = latents / self._scale() + self._shift()
-        images = self.vae.decode(z.to(self.device, self.dtype)).sample
+        images = self.vae.decode(z.to(self.device, self.vae_dtype)).sample
         return images.to(self.work_dtype).clamp(-1.0, 1.0)
 
     def _alphas_on_device(self) -> torch.Tensor:

@@ -5,7 +5,8 @@ Per call of ``edit``:
   2. bucket rows by (model resolution, DDIM steps, encode steps, encode method) — rows of a bucket
      go through every stage together, their samples batched into UNet calls of at most
      ``max_batch`` (the n mask draws and both texts of all rows in one flat batch);
-  3. text embeddings once per unique prompt (kept in an LRU cache across calls);
+  3. text embeddings once per unique prompt (kept in an LRU cache across calls), then each row's own
+     conditioning from them (SDXL: the row's size conditions, ``ModelBundle.condition_rows``);
   4. VAE encode -> step 1 mask -> step 2 encode -> step 3 decode -> VAE decode;
   5. results resized back to each input's original size, with counters.
 
@@ -235,7 +236,9 @@ class DiffEditor:
         emb = self.text_embeddings(prompts)
 
         def stack(texts: list[str]) -> torch.Tensor:
-            return torch.stack([emb[t] for t in texts]).to(device)  # (B, L, D)
+            """Each row's text, with the row's own size conditions (SDXL).  # (B, L', D)"""
+            per_prompt = torch.stack([emb[t] for t in texts]).to(device)  # (B, L', D)
+            return b.condition_rows(per_prompt, [r.size for r in rows], [r.model_size for r in rows])
 
         emb_query = stack([r.request.query for r in rows])
         emb_caption = stack([r.request.caption for r in rows])

@@ -40,8 +40,13 @@ SUPPORTED_MODES = (
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any supported PIL mode -> RGB. Alpha is composited onto white; 16/32-bit and float images are
-    rescaled from their own value range to 8 bits."""
+    """Any supported PIL mode -> RGB. Alpha is composited onto white. Deep images are rescaled by their
+    type's range, never stretched per image (a uniform image stays uniform, a dark one stays dark):
+
+    * 16-bit (``I;16*``): ``v / 257`` (65535 -> 255, 60000 -> 233);
+    * 32-bit integer (``I``): Pillow opens 16-bit PNG/TIFF data as ``I`` too, so its values are read as
+      16-bit, ``v / 257`` clipped to [0, 65535];
+    * float (``F``): the [0, 1] convention, ``v * 255`` clipped (NaN -> 0)."""
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, got {type(image).__name__}")
     if image.width < 1 or image.height < 1:
@@ -53,8 +58,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if mode in ("I", "F") or mode.startswith("I;16"):
         a = np.asarray(image, dtype=np.float64)  # (H, W)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        if mode == "F":
+            a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0) * 255.0
+        else:
+            a = a.clip(0.0, 65535.0) / 257.0
         return Image.fromarray(a.round().astype(np.uint8), "L").convert("RGB")
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")

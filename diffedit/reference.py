@@ -1,5 +1,7 @@
-"""diffusers' deprecated ``StableDiffusionDiffEditPipeline``, kept only as a reference to compare
-against (tests and benchmarks), and a hook that counts UNet sample-evaluations in any pipeline."""
+"""diffusers' own pipelines over a bundle's modules, kept only as references to compare against (tests and
+benchmarks): the deprecated ``StableDiffusionDiffEditPipeline`` (SD), ``StableDiffusionXLPipeline`` with a
+DDIM scheduler (SDXL; diffusers has no SDXL DiffEdit), and a hook that counts UNet sample-evaluations in
+any pipeline."""
 
 from __future__ import annotations
 
@@ -31,6 +33,35 @@ def deprecated_diffedit_pipeline(bundle: ModelBundle) -> Any:
             feature_extractor=None,
             requires_safety_checker=False,
         )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sdxl_ddim_pipeline(bundle: ModelBundle, *, final_alpha_one: bool = True) -> Any:
+    """diffusers' ``StableDiffusionXLPipeline`` over an SDXL bundle's own modules, sampling with DDIM (eta 0)
+    from the bundle's scheduler config, ``force_zeros_for_empty_prompt`` as the bundle has it, progress
+    bars off.
+
+    ``final_alpha_one``: the last DDIM step lands on the clean state (a = 1, ``set_alpha_to_one=True``), as
+    DiffEdit's decode does (``diffedit.decode``); SD/SDXL configs ship ``set_alpha_to_one=False``, whose
+    last step lands on a_0 = 1 - beta_0 instead.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    if bundle.family != "sdxl":
+        raise ValueError(f"{bundle.source}: sdxl_ddim_pipeline needs an SDXL bundle, got {bundle.family}")
+    scheduler = DDIMScheduler.from_config(bundle.scheduler_config, set_alpha_to_one=final_alpha_one)
+    pipe = StableDiffusionXLPipeline(
+        vae=bundle.vae,
+        text_encoder=bundle.text_encoder,
+        text_encoder_2=bundle.text_encoder_2,
+        tokenizer=bundle.tokenizer,
+        tokenizer_2=bundle.tokenizer_2,
+        unet=bundle.unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=bundle.force_zeros_for_empty_prompt,
+        add_watermarker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

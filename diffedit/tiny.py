@@ -1,9 +1,13 @@
-"""Tiny, randomly initialised Stable-Diffusion-layout components, built in-process.
+"""Tiny, randomly initialised SD- and SDXL-layout components, built in-process.
 
-For tests and benchmarks on machines that cannot download a checkpoint. The UNet, VAE and text
+For tests and benchmarks on machines that cannot download a checkpoint. The SD UNet, VAE and text
 encoder follow the shapes of diffusers' last DiffEdit test suite (v0.34.0,
-tests/pipelines/stable_diffusion_2/test_stable_diffusion_diffedit.py); the tokenizer, which that
-suite fetched from the hub, is built here from a word list (``build_word_tokenizer``).
+tests/pipelines/stable_diffusion_2/test_stable_diffusion_diffedit.py); the SDXL ones add what diffusers'
+SDXL test suite (tests/pipelines/stable_diffusion_xl/test_stable_diffusion_xl.py) adds: a second,
+projecting text encoder, ``addition_embed_type="text_time"`` and the matching embedding widths. The
+tokenizers, which those suites fetched from the hub, are built here from a word list
+(``build_word_tokenizer``). ``save_sd_directory`` / ``save_sdxl_directory`` write them as diffusers
+model directories.
 """
 
 from __future__ import annotations
@@ -243,6 +247,164 @@ def save_sd_directory(
     return path
 
 
+#: The scheduler config SDXL base 1.0 ships (EulerDiscreteScheduler; its schedule is SD's, and DDIM
+#: reads only the schedule keys).
+SDXL_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "EulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+
+
+def tiny_sdxl_components(seed: int = 0, sample_size: int = 16) -> dict[str, Any]:
+    """The seven components of a tiny SDXL-layout model, deterministic for a given ``seed``.
+
+    Two text encoders of width 32 (the second a CLIPTextModelWithProjection, projection 32) give
+    cross-attention width 64; the added conditions are the pooled 32 and 6 size ids of 8 sinusoidal
+    features each (80). VAE stride 2 with ``force_upcast`` and SDXL's scaling factor; native size
+    ``sample_size * 2`` pixels.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = build_word_tokenizer(TINY_WORDS)
+    tokenizer_2 = build_word_tokenizer(TINY_WORDS)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=32 + 6 * 8,  # pooled + 6 size ids x 8 features
+        cross_attention_dim=32 + 32,  # both encoders' hidden states, concatenated
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=sample_size * 2,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+
+    def text_config() -> Any:
+        return CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=tokenizer.model_max_length,
+            hidden_act="gelu",
+            projection_dim=32,
+        )
+
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(text_config())
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config())
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer_2": tokenizer_2,
+        "scheduler_config": dict(SDXL_SCHEDULER_CONFIG),
+        "force_zeros_for_empty_prompt": True,
+    }
+
+
+def tiny_sdxl_bundle(seed: int = 0, dtype: torch.dtype = torch.float32, **kwargs: Any) -> ModelBundle:
+    """A ``ModelBundle`` of tiny random SDXL components on the CPU (float32, or float64 for exactness)."""
+    parts = tiny_sdxl_components(seed, **kwargs)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        parts[name].to(dtype)
+    return ModelBundle(**parts, source=f"tiny-sdxl:{seed}")
+
+
+def save_tiny_sdxl_model(path: str | Path, seed: int = 0, **kwargs: Any) -> Path:
+    """Write a tiny SDXL model as a diffusers SDXL directory (safetensors weights); it loads with
+    ``diffusers.StableDiffusionXLPipeline.from_pretrained(path)`` and ``diffedit.loading.load_bundle(path)``."""
+    return save_sdxl_directory(path, **tiny_sdxl_components(seed, **kwargs))
+
+
+def save_sdxl_directory(
+    path: str | Path,
+    *,
+    unet: Any,
+    vae: Any,
+    text_encoder: Any,
+    tokenizer: Any,
+    text_encoder_2: Any,
+    tokenizer_2: Any,
+    scheduler_config: dict[str, Any],
+    force_zeros_for_empty_prompt: bool = True,
+) -> Path:
+    """Write components as a diffusers SDXL directory (``StableDiffusionXLPipeline``'s model_index.json,
+    safetensors weights, both tokenizers, the scheduler config as given)."""
+    import diffusers
+
+    path = Path(path)
+    modules = (
+        ("unet", unet),
+        ("vae", vae),
+        ("text_encoder", text_encoder),
+        ("text_encoder_2", text_encoder_2),
+    )
+    for name, module in modules:
+        module.save_pretrained(path / name, safe_serialization=True)
+    tokenizer.save_pretrained(path / "tokenizer")
+    tokenizer_2.save_pretrained(path / "tokenizer_2")
+    scheduler_class = getattr(diffusers, scheduler_config.get("_class_name", "DDIMScheduler"))
+    scheduler_class.from_config(scheduler_config).save_pretrained(path / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionXLPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", scheduler_class.__name__],
+        "image_encoder": [None, None],
+        "feature_extractor": [None, None],
+        "force_zeros_for_empty_prompt": force_zeros_for_empty_prompt,
+    }
+    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return path
+
+
 def gaussian_eps(alphas_cumprod: torch.Tensor, sigma: float):
     """The exact noise predictor for data x_0 ~ N(0, sigma^2 I), honouring the eps contract:
 
@@ -257,3 +419,44 @@ def gaussian_eps(alphas_cumprod: torch.Tensor, sigma: float):
         return (1 - a).sqrt() * x / (a * sigma**2 + 1 - a)
 
     return eps
+
+
+def save_hub_snapshot(
+    model_dir: str | Path,
+    cache_dir: str | Path,
+    repo_id: str,
+    *,
+    commit: str | None = None,
+    branch: str = "main",
+) -> str:
+    """Put a model directory into a Hugging Face Hub cache as ``huggingface_hub`` lays one out, so that
+    ``snapshot_download(repo_id, cache_dir=cache_dir)`` finds it with ``HF_HUB_OFFLINE=1``::
+
+        <cache_dir>/models--<org>--<name>/blobs/<sha256 of the file>
+        <cache_dir>/models--<org>--<name>/snapshots/<commit>/<path>  -> ../../blobs/<sha256>
+        <cache_dir>/models--<org>--<name>/refs/<branch>              holds <commit>
+
+    ``commit`` defaults to a sha1 of the files' hashes (40 hex digits, like a git commit). Returns it.
+    """
+    import hashlib
+    import os
+
+    model_dir, cache_dir = Path(model_dir), Path(cache_dir)
+    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    if commit is None:
+        listing = "".join(f"{p.relative_to(model_dir).as_posix()}:{d}\n" for p, d in digests.items())
+        commit = hashlib.sha1(listing.encode()).hexdigest()
+    for path, digest in digests.items():
+        blob = repo / "blobs" / digest
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if not blob.exists():
+            blob.write_bytes(path.read_bytes())
+        link = repo / "snapshots" / commit / path.relative_to(model_dir)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / branch).write_text(commit)
+    return commit

@@ -88,16 +88,23 @@ def run(
         "--address",
         help="Ray cluster address (default $RAY_ADDRESS, else a local Ray sized to this machine).",
     ),
+    retry_failed: bool = typer.Option(
+        False,
+        "--retry-failed",
+        help="Edit the committed failed rows again (after fixing their cause); their records are replaced.",
+    ),
 ) -> None:
     """Run a job: edit every manifest row not yet in the output, then write the summary and _SUCCESS."""
     from pipeline.job import run_job, summary_table
 
+    if overwrite and retry_failed:
+        raise _fail(ExitCode.CONFIG, "--overwrite and --retry-failed exclude each other")
     try:
         job = load_job(job_file)
     except ConfigError as exc:
         raise _fail(ExitCode.CONFIG, f"config: {exc}") from None
     try:
-        outcome = run_job(job, overwrite=overwrite, address=address)
+        outcome = run_job(job, overwrite=overwrite, address=address, retry_failed=retry_failed)
     except ConfigError as exc:
         raise _fail(ExitCode.CONFIG, f"config: {exc}") from None
     except (InputError, ManifestError) as exc:
@@ -204,7 +211,8 @@ def prepare_coco(
     path = write_manifest(records, out, storage, COCO_SCHEMA)
     typer.echo(
         f"{stats.captions} captions of {stats.images} images: {stats.with_colour} with a colour word, "
-        f"{stats.without_colour} without (left out); wrote {stats.rows} rows to {path}"
+        f"{stats.without_colour} without (left out); {stats.missing_image} with an image id missing from "
+        f"images (left out); wrote {stats.rows} rows to {path}"
     )
 
 

@@ -13,6 +13,7 @@ A job file (``jobs/*.yaml``) has these sections, every one optional except ``inp
     storage: {endpoint_url: ..., region: ..., anonymous: false}
     images:  {allow: [...], max_bytes: ..., max_pixels: ..., max_side: ..., modes: [...]}
     failure: {max_failed_fraction: 0.05}
+    limits:  {max_inference_steps: 200, max_mask_draws: 64, ...}   # per-row cost ceilings
 
 Rules (each violation is a ``ConfigError`` naming the file and the dotted key):
 
@@ -133,11 +134,24 @@ class ComputeConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """Options of S3-compatible storage (s3fs); credentials come only from the environment."""
+    """Options of S3-compatible storage (s3fs); credentials come only from the environment.
+
+    Transient errors (connection refused or reset, timeouts, 5xx, throttling) are retried by botocore
+    with exponential backoff and jitter (``retry_mode``, ``max_attempts``: attempts per request, the
+    first included), and read timeouts once more by s3fs. A fetch or commit task that still fails on one
+    is run again by Ray Data up to ``task_retries`` times, with exponential backoff and jitter (Ray Data's
+    ``retried_map_errors``; safe: a fetch has no effect, a commit is idempotent, the part's name being its
+    ids' hash). What persists fails the run (exit 1) without committing the row (``pipeline.faults``).
+    """
 
     endpoint_url: str | None = None
     region: str | None = None
     anonymous: bool = False
+    retry_mode: Literal["standard", "adaptive", "legacy"] = "adaptive"  # botocore retry mode
+    max_attempts: int = 10  # botocore attempts per request (~1 min of backoff at 10)
+    connect_timeout: float = 10.0  # seconds to open a connection
+    read_timeout: float = 20.0  # seconds to wait for each read of a response (a paused server)
+    task_retries: int = 3  # Ray Data re-runs of a fetch/commit task that failed on a transient error
 
 
 #: Modes accepted by default: photographs and graphics. 32-bit integer/float, LAB and HSV images are
@@ -163,6 +177,18 @@ class ImagesConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Per-row ceilings on what a manifest row's overrides may cost; a row above one fails with an error
+    naming the key (``limits.max_inference_steps``); the job's own ``params`` must respect them too.
+    Defaults: four times the paper's settings, so no sensible row is refused."""
+
+    max_inference_steps: int = 200  # DDIM steps (num_inference_steps); the paper and SD use 50
+    max_mask_draws: int = 64  # noise draws per mask (num_mask_draws); the paper uses 10
+    max_unet_evals: int = 1000  # UNet samples of one edit (mask draws x 2 + encode + decode x CFG)
+    max_prompt_chars: int = 2000  # characters of caption, query and negative prompt (tokenizers truncate)
+
+
+@dataclass(frozen=True)
 class FailureConfig:
     """The job fails (non-zero exit, no ``_SUCCESS``) when more than this fraction of rows failed."""
 
@@ -182,6 +208,7 @@ class JobConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     failure: FailureConfig = field(default_factory=FailureConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str = "<dict>"
     presets: tuple[str, ...] = ()
 
@@ -200,7 +227,9 @@ class JobConfig:
     @property
     def results_hash(self) -> str:
         """sha256 of what determines the output rows: input, model, parameters, image rules, device
-        and dtype. A rerun into an existing output must have the same one (else ``--overwrite``)."""
+        and dtype. A rerun into an existing output must have the same one (else ``--overwrite``).
+        ``limits`` and ``storage`` are left out on purpose: raising a limit (then ``--retry-failed``) or
+        tuning retries continues the same output."""
         d = self.to_dict()
         key = {k: d[k] for k in ("input", "model", "params", "images")}
         key["compute"] = {k: d["compute"][k] for k in ("device", "dtype")}
@@ -247,6 +276,7 @@ SECTIONS: dict[str, type] = {
     "storage": StorageConfig,
     "images": ImagesConfig,
     "failure": FailureConfig,
+    "limits": LimitsConfig,
 }
 TOP_LEVEL = frozenset({*SECTIONS, "params", "name", "presets"})
 
@@ -481,6 +511,24 @@ def _check_ranges(job: JobConfig) -> None:
         problems.append("images.allow holds an empty prefix")
     if not im.modes:
         problems.append("images.modes must list at least one mode")
+    st = job.storage
+    if st.max_attempts < 1:
+        problems.append(f"storage.max_attempts must be >= 1, got {st.max_attempts}")
+    for key in ("connect_timeout", "read_timeout"):
+        if getattr(st, key) <= 0:
+            problems.append(f"storage.{key} must be > 0, got {getattr(st, key)}")
+    if st.task_retries < 0:
+        problems.append(f"storage.task_retries must be >= 0, got {st.task_retries}")
+    for f in fields(LimitsConfig):
+        if getattr(job.limits, f.name) < 1:
+            problems.append(f"limits.{f.name} must be >= 1, got {getattr(job.limits, f.name)}")
+    if not problems:
+        from pipeline.limits import LimitError, check_limits
+
+        try:
+            check_limits(job.params, job.limits)
+        except LimitError as exc:
+            problems.append(f"params: {exc}")
     if not 0.0 <= job.failure.max_failed_fraction <= 1.0:
         problems.append(
             f"failure.max_failed_fraction must be in [0, 1], got {job.failure.max_failed_fraction}"
@@ -582,6 +630,7 @@ __all__ = [
     "ImagesConfig",
     "InputConfig",
     "JobConfig",
+    "LimitsConfig",
     "ModelConfig",
     "OutputConfig",
     "StorageConfig",

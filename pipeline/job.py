@@ -20,6 +20,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -37,6 +38,12 @@ import pyarrow.compute as pc
 from pipeline import output as O
 from pipeline import rows as R
 from pipeline.config import ConfigError, JobConfig, with_absolute_paths
+from pipeline.faults import (
+    RAY_RETRY_PATTERN,
+    TransientStorageError,
+    find_transient,
+    quiet_transient_tracebacks,
+)
 from pipeline.manifest import ManifestError, ManifestInfo, inspect_manifest
 from pipeline.plan import PlanCheck, connected_cluster, local_cluster, require_plan
 from pipeline.storage import filesystem, join, redact
@@ -85,9 +92,15 @@ def new_run_id() -> str:
 # --------------------------------------------------------------------------- the run
 
 
-def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = None) -> RunOutcome:
+def run_job(
+    job: JobConfig, *, overwrite: bool = False, address: str | None = None, retry_failed: bool = False
+) -> RunOutcome:
     """Run ``job`` to completion (see the module docstring). Raises ``ConfigError``, ``InputError`` /
-    ``ManifestError`` before any work, and anything else when the run itself fails."""
+    ``ManifestError`` before any work, and anything else when the run itself fails.
+
+    ``retry_failed``: the committed ``failed`` rows are edited again, as if missing; each new record
+    replaces the old one (the new part is committed first, then ``dedupe`` rewrites the old part
+    without it, keeping the ``ok`` / newest copy: a crash in between is repaired by the next run)."""
     started = time.time()
     run_id = new_run_id()
     job = with_absolute_paths(job)
@@ -104,7 +117,11 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
         log.info("--overwrite: removed %d part(s) and the markers from %s", removed, shown_out)
 
     prior = O.read_json(out_fs, join(out, O.JOB_FILE))
-    committed = O.read_parts(out_fs, out, columns=["id"]).column("id").to_pylist()
+    state = O.read_parts(out_fs, out, columns=["id", "status"])
+    committed = state.column("id").to_pylist()
+    failed_ids = {
+        i for i, st in zip(committed, state.column("status").to_pylist(), strict=True) if st != R.OK
+    }
     if committed and prior and prior.get("results_hash") != job.results_hash:
         raise InputError(
             f"output {shown_out} holds {len(committed)} rows made with another configuration "
@@ -118,8 +135,11 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
             f"output {shown_out} holds {len(extra)} id(s) that the input does not (e.g. {sorted(extra)[:3]}): "
             "use --overwrite, or another output path"
         )
-    done = frozenset(committed)
+    retried = failed_ids if retry_failed else set()
+    done = frozenset(set(committed) - retried)
     todo = len(input_set - done)
+    if retried:
+        log.info("--retry-failed: %d failed row(s) in %s are edited again", len(retried), shown_out)
     if todo == 0 and O.exists(out_fs, join(out, O.SUCCESS_FILE)):
         summary = O.read_json(out_fs, join(out, O.SUMMARY_FILE)) or {}
         message = (
@@ -156,9 +176,23 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
         execute(job, manifest, done, run_id, out_fs, out)
         edit_seconds = time.time() - edit_started
 
-    removed = O.dedupe(out_fs, out)
+    replaced = 0
+    if retried:  # the old failed copies of rows committed again by this run (dedupe removes them)
+        copies = O.read_parts(out_fs, out, columns=["id", "run_id"])
+        ids_runs = zip(copies.column("id").to_pylist(), copies.column("run_id").to_pylist(), strict=True)
+        again = Counter(i for i, r in ids_runs if i in retried)
+        replaced = sum(1 for n in again.values() if n > 1)
+    removed = O.dedupe(out_fs, out) - replaced
     O.remove(out_fs, join(out, O.STAGING), recursive=True)
-    columns = ["id", "status", "error", "run_id", "unet_evals", *[f"seconds_{s}" for s in R.STAGE_SECONDS]]
+    columns = [
+        "id",
+        "status",
+        "error",
+        "warning",
+        "run_id",
+        "unet_evals",
+        *[f"seconds_{s}" for s in R.STAGE_SECONDS],
+    ]
     final = O.read_parts(out_fs, out, columns=columns)
     ids = final.column("id").to_pylist()
     counts = Counter(ids)
@@ -171,7 +205,7 @@ def run_job(job: JobConfig, *, overwrite: bool = False, address: str | None = No
         )
     summary = build_summary(
         job, manifest, final, run_id=run_id, started=started, edit_seconds=edit_seconds,
-        skipped=len(done), duplicates_removed=removed,
+        skipped=len(done), duplicates_removed=removed, retried=sorted(retried),
     )  # fmt: skip
     passed = summary["output"]["failed_fraction"] <= job.failure.max_failed_fraction
     summary["status"] = "succeeded" if passed else "failed_policy"
@@ -241,6 +275,10 @@ def _run_plan(
     c = job.compute
     ctx = DataContext.get_current()
     ctx.max_errored_blocks = 0
+    # A fetch or commit task that failed on storage trouble (after botocore's own retries) runs again
+    # after an exponential backoff; nothing else is retried (a bug or a row's error is not transient).
+    ctx.retried_map_errors = [RAY_RETRY_PATTERN]
+    ctx.max_map_retries = job.storage.task_retries
     io = {"num_cpus": c.io_cpus}
     ds = ray.data.read_parquet(
         list(manifest.files), filesystem=in_fs, partitioning=None, file_extensions=["parquet"], **io
@@ -251,7 +289,7 @@ def _run_plan(
         batch_format="pyarrow",
         batch_size=None,
         fn_kwargs={"params": job.params, "images": job.images, "storage": job.storage, "done": done,
-                   "threads": c.fetch_threads},
+                   "threads": c.fetch_threads, "limits": job.limits},
         **io,
     )  # fmt: skip
     pool = (
@@ -279,7 +317,17 @@ def _run_plan(
         **io,
     )
     sink = O.make_datasink(out_fs, out, job.output.rows_per_file, run_id)
-    ds.write_datasink(sink, ray_remote_args=io)
+    try:
+        with quiet_transient_tracebacks():
+            ds.write_datasink(sink, ray_remote_args=io)
+    except Exception as exc:
+        transient = find_transient(exc)
+        if transient is None:
+            raise
+        raise TransientStorageError(
+            f"storage unavailable: {str(transient).splitlines()[0]} "
+            f"(after {job.storage.task_retries} task retries); the rows concerned were not committed"
+        ) from None
     return sink.written
 
 
@@ -287,8 +335,15 @@ def actor_env() -> dict[str, str]:
     """Environment of the model actors. OpenMP threads that spin while waiting (libgomp's default)
     make torch on a busy CPU dozens of times slower (measured on a 2-core machine: 0.25 s against
     17 s per row of the tiny model with 2 threads while another process used one core); passive
-    waiting costs nothing measurable when the cores are free."""
-    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    waiting costs nothing measurable when the cores are free. The driver's Hugging Face Hub settings
+    (``HUB_ENV``) go along: a hub id is loaded on the actors, which must read the same cache, offline
+    when the driver is (tokens are not forwarded: they would show in the job's runtime env)."""
+    hub = {name: os.environ[name] for name in HUB_ENV if name in os.environ}
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **hub}
+
+
+#: Hub client settings passed from the driver's environment to the model actors.
+HUB_ENV = ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_HOME")
 
 
 def ray_address(address: str | None = None) -> str | None:
@@ -353,8 +408,10 @@ def build_summary(
     edit_seconds: float,
     skipped: int,
     duplicates_removed: int,
+    retried: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The run summary (``_summary.json``): counts, throughput, durations, hashes, versions."""
+    """The run summary (``_summary.json``): counts, throughput, durations, hashes, versions; errors
+    grouped by class (``group_errors``); ``retried``: the ids a ``--retry-failed`` run edited again."""
     statuses = final.column("status").to_pylist()
     ok = sum(1 for s in statuses if s == R.OK)
     rows = len(statuses)
@@ -368,7 +425,13 @@ def build_summary(
             "total": round(sum(values), 3),
             "mean_per_row": round(sum(values) / len(values), 4) if values else None,
         }
-    errors = Counter(e for e in final.column("error").to_pylist() if e)
+    errors = group_errors(final.column("id").to_pylist(), final.column("error").to_pylist())
+    warning_codes = Counter(
+        w.split(":", 1)[0].strip()
+        for text in (final.column("warning").to_pylist() if "warning" in final.column_names else [])
+        if text
+        for w in text.split("; ")
+    )
     import diffedit
 
     versions = {
@@ -401,12 +464,25 @@ def build_summary(
             "max_failed_fraction": job.failure.max_failed_fraction,
             "parts": len(set(final.column("_file").to_pylist())),
             "duplicates_removed": duplicates_removed,
+            # ok rows whose query and caption were the same tokens after truncation (a no-op edit)
+            "unchanged": warning_codes.get(R.UNCHANGED, 0),
+            # rows whose caption or query was cut at the text encoder's token limit
+            "truncated": warning_codes.get(R.TRUNCATED, 0),
         },
         "this_run": {
             "rows_edited": mine.num_rows,
             "rows_ok": mine_ok,
             "rows_failed": mine.num_rows - mine_ok,
             "rows_already_done": skipped,
+            # --retry-failed: failed rows edited again, and how many of them are ok now
+            "rows_retried": len(retried or []),
+            "rows_retried_ok": sum(
+                1
+                for i, st in zip(
+                    mine.column("id").to_pylist(), mine.column("status").to_pylist(), strict=True
+                )
+                if st == R.OK and i in set(retried or [])
+            ),
             "seconds_total": round(finished - started, 3),
             "seconds_execute": round(edit_seconds, 3),
             "rows_per_second": round(mine.num_rows / edit_seconds, 4)
@@ -415,7 +491,7 @@ def build_summary(
             "unet_evals": int(sum(v for v in mine.column("unet_evals").to_pylist() if v)),
             "seconds_per_stage": seconds,
         },
-        "errors": dict(errors.most_common(20)),
+        "errors": errors,
         "model": redact(job.model.source),
         "compute": {k: v for k, v in job.to_dict()["compute"].items()},
         "versions": versions,
@@ -434,6 +510,11 @@ def summary_table(summary: dict[str, Any]) -> str:
             f"{out.get('failed_fraction', 0):.2%} (max {out.get('max_failed_fraction', 0):.2%})",
         ),
         ("edited this run", f"{run.get('rows_edited', 0)} ({run.get('rows_already_done', 0)} already done)"),
+        *(
+            [("retried (failed before)", f"{run['rows_retried']} ({run.get('rows_retried_ok', 0)} ok now)")]
+            if run.get("rows_retried")
+            else []
+        ),
         (
             "throughput",
             f"{run.get('rows_per_second', 0):.3f} rows/s over {run.get('seconds_execute', 0):.1f} s",
@@ -447,10 +528,68 @@ def summary_table(summary: dict[str, Any]) -> str:
         ("config hash", str(summary.get("config_hash", ""))[:16]),
         ("run id", summary.get("run_id", "")),
     ]
-    for error, n in list((summary.get("errors") or {}).items())[:5]:
-        lines.append((f"  {n} x", error[:100]))
+    if out.get("unchanged") or out.get("truncated"):
+        lines.append(
+            (
+                "warnings",
+                f"{out.get('unchanged', 0)} unchanged (no-op edit), {out.get('truncated', 0)} truncated",
+            )
+        )
+    errors = summary.get("errors") or []
+    if errors:
+        lines.append(("errors", f"{len(errors)} class(es)"))
+    for group in errors[:TABLE_ERROR_CLASSES]:
+        examples = ", ".join(group["examples"][:3])
+        lines.append((f"  {group['count']} x", f"{group['class'][:100]} (e.g. {examples})"))
+    if len(errors) > TABLE_ERROR_CLASSES:
+        rest = errors[TABLE_ERROR_CLASSES:]
+        lines.append(("  ...", f"and {len(rest)} more class(es), {sum(g['count'] for g in rest)} row(s)"))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
+
+
+#: How many error classes the end-of-run table shows, and how many example ids a class keeps.
+TABLE_ERROR_CLASSES, ERROR_EXAMPLES = 5, 5
+
+_URI = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s,;'\"\])]+")
+_PATH = re.compile(r"(?<![\w<])/[^\s,;:'\"\])]+")
+_SIZE = re.compile(r"\b\d+x\d+\b")  # 640x480
+_NUMBER = re.compile(r"(?<![A-Za-z_\d])\d+(?:\.\d+)?")  # not in names such as float16
+
+
+def error_class(error: str, row_id: str | None = None) -> str:
+    """The class of a row's error: its message with what is particular to the row taken out (URIs and
+    paths -> ``<uri>``, the row's id -> ``<id>``, numbers -> ``<n>``), so that rows that failed for one
+    reason group together: ``image s3://b/1.png not found`` -> ``image <uri> not found``."""
+    text = error
+    if row_id:
+        text = text.replace(row_id, "<id>")
+    text = _URI.sub("<uri>", text)
+    text = _PATH.sub("<path>", text)
+    text = _SIZE.sub("<n>x<n>", text)
+    text = _NUMBER.sub("<n>", text)
+    return " ".join(text.split())[:300]
+
+
+def group_errors(ids: list[str], errors: list[str | None]) -> list[dict[str, Any]]:
+    """Failed rows grouped by ``error_class``: ``[{class, count, examples: [ids], example_error}]``,
+    largest group first (ties by class), examples the first ids in sorted order."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for row_id, error in zip(ids, errors, strict=True):
+        if error:
+            groups.setdefault(error_class(error, row_id), []).append((row_id, error))
+    out = []
+    for cls, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        members.sort()
+        out.append(
+            {
+                "class": cls,
+                "count": len(members),
+                "examples": [m[0] for m in members[:ERROR_EXAMPLES]],
+                "example_error": members[0][1],
+            }
+        )
+    return out
 
 
 def _iso(t: float) -> str:

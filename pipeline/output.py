@@ -44,7 +44,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import rows as R
-from pipeline.storage import join
+from pipeline.faults import TransientStorageError, describe, is_transient
+from pipeline.storage import join, redact
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ def read_parts(fs: fsspec.AbstractFileSystem, out: str, columns: list[str] | Non
     tables = []
     for path in part_files(fs, out):
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=columns)
+            present = columns and [c for c in columns if c in pq.read_schema(f).names]  # older parts
+            f.seek(0)
+            table = pq.read_table(f, columns=present if columns else None)
         tables.append(table.append_column("_file", pa.array([path] * table.num_rows, pa.string())))
     if not tables:
         schema = (
@@ -190,12 +193,24 @@ def commit_blocks(
     rows_per_file: int,
     run_id: str | None,
 ) -> PartWritten:
-    """Commit ``tables`` as parts of at most ``rows_per_file`` rows each."""
+    """Commit ``tables`` as parts of at most ``rows_per_file`` rows each. A storage error that outlived
+    botocore's retries raises ``TransientStorageError`` (one line), which the job's write tasks retry."""
     files, rows, ok = [], 0, 0
     for table in tables:
         for start in range(0, table.num_rows, rows_per_file):
             chunk = table.slice(start, rows_per_file)
-            files.append(commit_table(fs, out, chunk, run_id=run_id))
+            try:
+                files.append(commit_table(fs, out, chunk, run_id=run_id))
+            except OwnershipLost:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # botocore has retried every request with backoff; Ray Data re-runs the write task
+                # (``storage.task_retries``), which is safe: the part's name is the hash of its ids.
+                raise TransientStorageError(
+                    f"cannot commit {chunk.num_rows} row(s) to {redact(out)} after retries: {describe(exc)}"
+                ) from None
             rows += chunk.num_rows
             ok += sum(1 for s in chunk.column("status").to_pylist() if s == R.OK)
     return PartWritten(files=tuple(files), rows=rows, ok=ok, failed=rows - ok)
@@ -229,32 +244,51 @@ def make_datasink(fs: fsspec.AbstractFileSystem, out: str, rows_per_file: int, r
 
 
 def dedupe(fs: fsspec.AbstractFileSystem, out: str) -> int:
-    """Remove every second copy of an id (kept: the copy in the first part by name); each affected
-    part is rewritten without those rows (new part committed first, old one removed after). Returns the
-    number of rows removed."""
-    state = read_parts(fs, out, columns=["id"])
-    counts = Counter(state.column("id").to_pylist())
+    """Keep one copy of every id committed more than once: an ``ok`` copy over a ``failed`` one, then
+    the newest run's (run ids start with their UTC time), then the copy in the first part by name. Two
+    copies come from two racing runs, or from ``--retry-failed`` (the failed record and its new one:
+    this is how the new record replaces the old, and how a run repairs one that crashed in between).
+    Each affected part is rewritten without the dropped rows (new part committed first, old one removed
+    after). Returns the number of rows removed."""
+    state = read_parts(fs, out, columns=["id", "status", "run_id"])
+    ids = state.column("id").to_pylist()
+    counts = Counter(ids)
     dupes = {k for k, n in counts.items() if n > 1}
     if not dupes:
         return 0
-    seen: set[str] = set()
+    copies: dict[str, list[tuple[bool, str, str]]] = {}
+    for row_id, status, run, path in zip(
+        ids,
+        state.column("status").to_pylist(),
+        state.column("run_id").to_pylist(),
+        state.column("_file").to_pylist(),
+        strict=True,
+    ):
+        if row_id in dupes:
+            copies.setdefault(row_id, []).append((status == R.OK, run or "", path))
     drop_by_file: dict[str, set[str]] = {}
-    for row_id, path in zip(state.column("id").to_pylist(), state.column("_file").to_pylist(), strict=True):
-        if row_id not in dupes:
-            continue
-        if row_id in seen:
+    for row_id, found in copies.items():
+        best = sorted(found, key=lambda c: (not c[0], _reverse(c[1]), c[2]))[0]
+        dropped = list(found)
+        dropped.remove(best)
+        for _, _, path in dropped:
             drop_by_file.setdefault(path, set()).add(row_id)
-        else:
-            seen.add(row_id)
     removed = 0
     for path, drop in sorted(drop_by_file.items()):
         with fs.open(path, "rb") as f:
             table = pq.read_table(f)
         keep = pa.array([i not in drop for i in table.column("id").to_pylist()])
         kept = table.filter(keep)
+        if kept.num_rows == table.num_rows:
+            continue
         removed += table.num_rows - kept.num_rows
         if kept.num_rows:
             commit_table(fs, out, kept)
         fs.rm(path)
     log.warning("removed %d duplicate row(s) from %d part(s) of %s", removed, len(drop_by_file), out)
     return removed
+
+
+def _reverse(text: str) -> tuple[int, ...]:
+    """A sort key that orders strings from the largest down (the newest run id first)."""
+    return (*(-ord(ch) for ch in text), 1)

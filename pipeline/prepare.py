@@ -100,18 +100,131 @@ class CocoStats:
     with_colour: int
     without_colour: int
     rows: int
+    missing_image: int = 0  # captions with a colour word whose image id is not in ``images`` (left out)
 
 
-def _is_fruit(match: re.Match[str]) -> bool:
-    """ "an orange" is taken for the fruit, never recoloured."""
+#: After "an orange", words that make it the fruit: nothing, punctuation, or one of these (function
+#: words, verbs that follow a noun, and nouns of the fruit's parts). Any other word makes "orange" an
+#: adjective, the colour: "an orange cat", "an orange countertop".
+FRUIT_FOLLOWERS = frozenset(
+    [
+        "on",
+        "in",
+        "at",
+        "of",
+        "with",
+        "and",
+        "or",
+        "but",
+        "to",
+        "from",
+        "by",
+        "near",
+        "next",
+        "beside",
+        "behind",
+        "under",
+        "over",
+        "into",
+        "onto",
+        "off",
+        "for",
+        "that",
+        "which",
+        "who",
+        "while",
+        "as",
+        "than",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "being",
+        "been",
+        "has",
+        "have",
+        "had",
+        "sits",
+        "sitting",
+        "sat",
+        "lies",
+        "lying",
+        "rests",
+        "resting",
+        "sliced",
+        "cut",
+        "peeled",
+        "half",
+        "halves",
+        "slice",
+        "slices",
+        "wedge",
+        "wedges",
+        "peel",
+        "peels",
+        "segment",
+        "segments",
+        "juice",
+        "tree",
+        "trees",
+        "rind",
+    ]
+)
+
+#: Colour words that start a name, not a colour (compared case-insensitively, two words).
+NAMED = frozenset(
+    {"red sox", "white sox", "blue jays", "white house", "red cross", "red bull", "black lab",
+     "yellow lab", "chocolate lab", "green bay", "orange county", "red square", "black forest"}
+)  # fmt: skip
+
+_WORD_RE = re.compile(r"[A-Za-z']+")
+
+
+def _next_word(caption: str, end: int) -> str | None:
+    """The word right after position ``end`` (None at the end, or when punctuation comes first)."""
+    m = re.match(r"\s+([A-Za-z']+)", caption[end:])
+    return m.group(1) if m else None
+
+
+def _title_cased(caption: str) -> bool:
+    """Most words capitalised ("A Red Stop Sign"): capitals say nothing about names there."""
+    words = [w for w in _WORD_RE.findall(caption) if len(w) > 3]
+    return bool(words) and sum(w[0].isupper() for w in words) >= 0.8 * len(words)
+
+
+def _is_fruit(match: re.Match[str], caption: str) -> bool:
+    """ "an orange" followed by nothing, punctuation or a word of ``FRUIT_FOLLOWERS`` is the fruit."""
     article = match.group(1)
-    return match.group(2).lower() == "orange" and article is not None and article.lower() == "an"
+    if match.group(2).lower() != "orange" or article is None or article.lower() != "an":
+        return False
+    following = _next_word(caption, match.end())
+    return following is None or following.lower() in FRUIT_FOLLOWERS
+
+
+def _is_name(match: re.Match[str], caption: str) -> bool:
+    """A colour word that starts a name: a known one (``NAMED``: "the Red Sox", "a black Lab"), or,
+    outside a title-cased or upper-case caption, a capitalised colour word that is not the caption's
+    first word and is followed by a capitalised word ("the Blue Mosque"). A documented limit: names
+    in lower case that are not in ``NAMED`` are taken for colours."""
+    word = match.group(2)
+    following = _next_word(caption, match.end())
+    if following and f"{word} {following}".lower() in NAMED:
+        return True
+    if word.isupper() or not word[0].isupper() or match.start(2) == 0 or _title_cased(caption):
+        return False
+    return bool(following) and following[0].isupper()
+
+
+def _skipped(match: re.Match[str], caption: str) -> bool:
+    return _is_fruit(match, caption) or _is_name(match, caption)
 
 
 def find_colour(caption: str) -> re.Match[str] | None:
-    """The first colour word of ``caption`` (whole word, any case; group 2), skipping "an orange"."""
+    """The first colour word of ``caption`` (whole word, any case; group 2), skipping the fruit ("an
+    orange" on its own) and names ("the Red Sox")."""
     for match in _PHRASE_RE.finditer(caption):
-        if not _is_fruit(match):
+        if not _skipped(match, caption):
             return match
     return None
 
@@ -121,32 +234,58 @@ def _canonical(colour: str) -> str:
     return "gray" if colour == "grey" else colour
 
 
-def target_colour(source: str, key: str, seed: int) -> str:
-    """A colour other than ``source``, chosen by a hash of (seed, key): deterministic and spread evenly."""
-    choices = [c for c in TARGET_COLOURS if c != _canonical(source)]
+def colours_in(caption: str) -> set[str]:
+    """Every colour word of ``caption`` (canonical), names and the fruit included."""
+    return {_canonical(m.group(2)) for m in _PHRASE_RE.finditer(caption)}
+
+
+def target_colour(
+    source: str, key: str, seed: int, exclude: set[str] | frozenset[str] = frozenset()
+) -> str | None:
+    """A colour other than ``source`` and ``exclude`` (the caption's other colours: "a black and white
+    photo" must not become "a white and white photo"), chosen by a hash of (seed, key): deterministic
+    and spread evenly. None when no colour is left."""
+    banned = {_canonical(source), *(_canonical(c) for c in exclude)}
+    choices = [c for c in TARGET_COLOURS if c not in banned]
+    if not choices:
+        return None
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return choices[int.from_bytes(digest[:8], "little") % len(choices)]
 
 
+def _same_case(new: str, like: str, shout: bool = False) -> str:
+    """``new`` in the case pattern of ``like``: UPPER, Title or lower (a one-letter ``like`` such as
+    "A" is upper case only when ``shout``, the colour word itself being upper case)."""
+    if like.isupper() and (len(like) > 1 or shout):
+        return new.upper()
+    if like[0].isupper():
+        return new[0].upper() + new[1:]
+    return new.lower()
+
+
 def recolour(caption: str, seed: int, key: str) -> tuple[str, str, str] | None:
     """(query, source colour, target colour): every occurrence of the caption's first colour word
-    replaced by the target colour (keeping a leading capital and fixing "a"/"an" before it), or None
-    when the caption has no colour word."""
+    replaced by the target colour (keeping its case pattern, and fixing "a"/"an" before it), or None
+    when the caption has no colour word (or no other colour is left for it)."""
     first = find_colour(caption)
     if first is None:
         return None
     source = _canonical(first.group(2))
-    target = target_colour(source, key, seed)
+    target = target_colour(source, key, seed, exclude=colours_in(caption))
+    if target is None:
+        return None
 
     def replace(m: re.Match[str]) -> str:
         article, word = m.group(1), m.group(2)
-        if _canonical(word) != source or _is_fruit(m):
+        if _canonical(word) != source or _skipped(m, caption):
             return m.group(0)
-        new = target.capitalize() if word[0].isupper() else target
+        shout = word.isupper() and len(word) > 1
+        new = _same_case(target, word, shout)
         if article is None:
             return new
-        a = "an" if new[0].lower() in "aeiou" else "a"
-        return f"{a.capitalize() if article[0].isupper() else a} {new}"
+        a = "an" if target[0] in "aeiou" else "a"
+        space = m.group(0)[len(article) : m.start(2) - m.start(0)]
+        return f"{_same_case(a, article, shout)}{space}{new}"
 
     return _PHRASE_RE.sub(replace, caption), source, target
 
@@ -162,8 +301,8 @@ def coco_recolor_rows(
     """Manifest rows from a COCO captions file (``{"images": [...], "annotations": [...]}``).
 
     Captions are taken in (image id, caption id) order; a caption with a colour word gives a row whose
-    query recolours it (``recolour``), up to ``per_image`` rows per image; captions without one are
-    counted and left out. The image URI is ``image_prefix`` joined with the image's ``file_name``.
+    query recolours it (``recolour``), up to ``per_image`` rows per image; captions without one, and
+    captions whose image id is not in ``images``, are counted and left out. The image URI is ``image_prefix`` joined with the image's ``file_name``.
     """
     if not isinstance(captions, Mapping) or "images" not in captions or "annotations" not in captions:
         raise ValueError("not a COCO captions file: needs 'images' and 'annotations'")
@@ -171,7 +310,7 @@ def coco_recolor_rows(
     annotations = sorted(captions["annotations"], key=lambda a: (int(a["image_id"]), int(a["id"])))
     rows: list[dict[str, Any]] = []
     taken: dict[int, int] = {}
-    with_colour = without_colour = 0
+    with_colour = without_colour = missing_image = 0
     prefix = image_prefix if image_prefix.endswith("/") else image_prefix + "/"
     for ann in annotations:
         image_id, caption_id = int(ann["image_id"]), int(ann["id"])
@@ -181,7 +320,10 @@ def coco_recolor_rows(
             without_colour += 1
             continue
         with_colour += 1
-        if image_id not in files or taken.get(image_id, 0) >= per_image:
+        if image_id not in files:
+            missing_image += 1
+            continue
+        if taken.get(image_id, 0) >= per_image:
             continue
         if max_rows is not None and len(rows) >= max_rows:
             continue
@@ -198,6 +340,7 @@ def coco_recolor_rows(
         with_colour=with_colour,
         without_colour=without_colour,
         rows=len(rows),
+        missing_image=missing_image,
     )
     return rows, stats
 

@@ -3,6 +3,9 @@
 Output rows (one per input id, see README.md, "The batch job"):
 
 * ``id``, ``status`` (``ok`` | ``failed``), ``error`` (null when ok), ``caption``, ``query``;
+* ``warning``: null, or ``; ``-joined warnings each starting with a code: ``unchanged:`` (query and
+  caption are the same tokens after truncation: the edit is a no-op; the row stays ``ok``),
+  ``truncated:`` (a prompt was cut at the text encoder's token limit);
 * ``input_image``, ``edited_image``, ``mask``: PNG in Hugging Face datasets' Image layout, a struct of
   ``bytes`` and ``path`` (null on failed rows); the mask is the binary edit mask, 0 or 255;
 * ``width``, ``height`` (the input's size after EXIF orientation), ``mask_area`` (fraction edited);
@@ -24,6 +27,8 @@ import pyarrow as pa
 from diffedit.params import EditParams
 
 OK, FAILED = "ok", "failed"
+#: Codes that start a ``warning`` (see the module docstring).
+UNCHANGED, TRUNCATED = "unchanged", "truncated"
 
 #: Hugging Face datasets' Image storage type.
 IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
@@ -58,6 +63,7 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
         pa.field("caption", pa.string()),
         pa.field("query", pa.string()),
+        pa.field("warning", pa.string()),
         pa.field("input_image", IMAGE_TYPE),
         pa.field("edited_image", IMAGE_TYPE),
         pa.field("mask", IMAGE_TYPE),
@@ -83,6 +89,7 @@ FETCHED_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
         pa.field("caption", pa.string()),
         pa.field("query", pa.string()),
+        pa.field("warning", pa.string()),
         pa.field("seed", pa.int64()),
         *PARAM_FIELDS,
         pa.field("input_path", pa.string()),

@@ -1,9 +1,13 @@
 """The three per-row stages of the job, as functions over pyarrow tables (Ray Data batches).
 
 1. ``fetch_rows`` (CPU tasks): drops rows already committed by an earlier run, checks each row's text,
-   seed and parameter overrides, fetches and decodes its image (``pipeline.images``); a bad row becomes
-   ``failed`` with its error and goes on through the other stages untouched.
-2. ``EditStage`` (actors): holds the model and a ``DiffEditor`` resident and edits the ``ok`` rows.
+   seed and parameter overrides (against the job's ``limits``), fetches and decodes its image
+   (``pipeline.images``); a bad row becomes ``failed`` with its error and goes on through the other
+   stages untouched. Storage that keeps failing is not the row's fault: ``TransientStorageError``
+   propagates, the task fails, the run exits 1 and the row is not committed (``pipeline.faults``).
+2. ``EditStage`` (actors): holds the model and a ``DiffEditor`` resident and edits the ``ok`` rows;
+   a row whose query and caption tokenize identically (a no-op edit) or whose prompt was cut at the
+   text encoder's limit gets a ``warning`` (``diffedit.tokens``).
 3. ``encode_rows`` (CPU tasks): PNG-encodes the input, the edit and the mask into the output schema.
 
 Nothing here imports Ray: the stages are plain callables, tested directly.
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,8 +28,9 @@ from PIL import Image
 
 from diffedit.params import EditParams
 from pipeline import rows as R
-from pipeline.config import ImagesConfig, JobConfig, StorageConfig
+from pipeline.config import ImagesConfig, JobConfig, LimitsConfig, StorageConfig
 from pipeline.images import ImageError, encode_png, load_row_image
+from pipeline.limits import check_limits
 from pipeline.manifest import IMAGE, IMAGE_BYTES, MAX_SEED, OVERRIDE_COLUMNS, default_seed
 from pipeline.storage import redact, scheme_of, storage_options
 
@@ -43,20 +48,28 @@ def fetch_rows(
     storage: StorageConfig,
     done: Collection[str] = frozenset(),
     threads: int = 8,
+    limits: LimitsConfig | None = None,
 ) -> pa.Table:
-    """Manifest rows -> working rows (``rows.FETCHED_SCHEMA``); rows whose id is in ``done`` are dropped."""
+    """Manifest rows -> working rows (``rows.FETCHED_SCHEMA``); rows whose id is in ``done`` are dropped.
+    Raises ``TransientStorageError`` when storage keeps failing for a row (none of the batch is kept)."""
     records = [r for r in batch.to_pylist() if r["id"] not in done]
     if not records:
         return R.FETCHED_SCHEMA.empty_table()
+    limits = limits or LimitsConfig()
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(records)))) as pool:
-        out = list(pool.map(lambda r: prepare_row(r, params, images, storage), records))
+        out = list(pool.map(lambda r: prepare_row(r, params, images, storage, limits), records))
     return R.table_from_rows(out, R.FETCHED_SCHEMA)
 
 
 def prepare_row(
-    record: dict[str, Any], params: EditParams, images: ImagesConfig, storage: StorageConfig
+    record: dict[str, Any],
+    params: EditParams,
+    images: ImagesConfig,
+    storage: StorageConfig,
+    limits: LimitsConfig | None = None,
 ) -> dict[str, Any]:
-    """One manifest row -> one working row, ``ok`` with its decoded pixels or ``failed`` with an error."""
+    """One manifest row -> one working row, ``ok`` with its decoded pixels or ``failed`` with an error.
+    A ``TransientStorageError`` is not caught: it is not the row's answer."""
     start = time.perf_counter()
     row_id = record["id"]
     uri = record.get(IMAGE)
@@ -79,6 +92,7 @@ def prepare_row(
         query = record.get("query")
         if query is None or not str(query).strip():
             raise ValueError("query (the edit text) is empty")
+        check_limits(effective, limits or LimitsConfig(), {"query": str(query), "caption": row["caption"]})
         decoded = load_row_image(uri, record.get(IMAGE_BYTES), images, storage)
         row.update(pixels=decoded.image.tobytes(), width=decoded.width, height=decoded.height)
     except (ImageError, ValueError, TypeError) as exc:
@@ -140,16 +154,30 @@ class EditStage:
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return edit_rows(batch, self.editor, self.model, self.bundle.weights_hash)
+        from diffedit.tokens import bundle_tokenizers
+
+        return edit_rows(
+            batch,
+            self.editor,
+            self.model,
+            self.bundle.weights_hash,
+            tokenizers=bundle_tokenizers(self.bundle),
+        )
 
 
-def edit_rows(batch: pa.Table, editor: Any, model: str, weights_hash: str) -> pa.Table:
+def edit_rows(
+    batch: pa.Table, editor: Any, model: str, weights_hash: str, tokenizers: Sequence[Any] = ()
+) -> pa.Table:
     """Edit the ``ok`` rows of a working batch with ``editor``; ``failed`` rows pass through.
 
     A request the editor refuses fails its row. If the batch raises anyway, each row is retried alone
     so that one bad row cannot fail its batch-mates (a row's result does not depend on its batch).
+    With ``tokenizers`` (the model's), a row whose query and caption are the same tokens after
+    truncation, or whose prompt was truncated, gets a ``warning`` (``diffedit.tokens``); it is still
+    edited and stays ``ok``.
     """
     from diffedit.editor import EditRequest
+    from diffedit.tokens import check_prompts
 
     records = batch.to_pylist()
     todo: list[tuple[dict[str, Any], Any]] = []
@@ -172,6 +200,9 @@ def edit_rows(batch: pa.Table, editor: Any, model: str, weights_hash: str) -> pa
         except (TypeError, ValueError) as exc:
             row.update(status=R.FAILED, error=str(exc))
             continue
+        warnings = check_prompts(tokenizers, request.query, request.caption).warnings()
+        if warnings:
+            row["warning"] = "; ".join([*([row["warning"]] if row.get("warning") else []), *warnings])
         todo.append((row, request))
     if todo:
         try:

@@ -53,7 +53,7 @@ def normalize_uri(uri: str) -> str:
 def storage_options(scheme: str, storage: StorageConfig) -> dict[str, Any]:
     """fsspec keyword arguments for ``scheme``: endpoint, region and anonymous access for S3."""
     if scheme in ("s3", "s3a"):
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"config_kwargs": botocore_config(storage)}
         if storage.endpoint_url:
             options["endpoint_url"] = storage.endpoint_url
         if storage.region:
@@ -64,6 +64,20 @@ def storage_options(scheme: str, storage: StorageConfig) -> dict[str, Any]:
     if scheme in ("gs", "gcs") and storage.anonymous:
         return {"token": "anon"}
     return {}
+
+
+def botocore_config(storage: StorageConfig) -> dict[str, Any]:
+    """``botocore.client.Config`` arguments (s3fs's ``config_kwargs``): retries of transient errors with
+    exponential backoff and jitter, and the timeouts after which an attempt counts as failed.
+
+    botocore retries connection errors, connect/read timeouts, 5xx and throttling (``SlowDown``) in its
+    "standard" and "adaptive" modes (adaptive also slows the client down while throttled); s3fs retries
+    read timeouts once more on top. What still fails is classified by ``pipeline.faults``."""
+    return {
+        "retries": {"mode": storage.retry_mode, "max_attempts": storage.max_attempts},
+        "connect_timeout": storage.connect_timeout,
+        "read_timeout": storage.read_timeout,
+    }
 
 
 def filesystem(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -117,6 +117,7 @@ def validate_job(job: JobConfig, address: str | None = None) -> list[str]:
         else:
             lines.append(f"images: all {total_uris} image URIs are inside images.allow")
     lines.append(f"model: {check_model(job)}")
+    lines += check_texts(job, info.files)
     from pipeline.job import check_resources
 
     plan = check_resources(job, address, log_warnings=False)
@@ -139,4 +140,71 @@ def validate_job(job: JobConfig, address: str | None = None) -> list[str]:
     return lines
 
 
-__all__ = ["ManifestError", "check_model", "validate_job"]
+def model_tokenizers(job: JobConfig) -> list[Any]:
+    """The model's tokenizers, from their files alone (a remote model's tokenizer folders are copied to
+    a temporary folder first); empty for a hub id, which needs the network."""
+    import tempfile
+
+    from diffedit.tokens import TOKENIZER_FOLDERS, load_tokenizers
+
+    source = job.model.source
+    if "://" in source and not source.startswith("file://"):
+        fs, root = filesystem(source, job.storage)
+        root = root.rstrip("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in TOKENIZER_FOLDERS:
+                if fs.exists(f"{root}/{name}"):
+                    fs.get(f"{root}/{name}/", f"{tmp}/{name}/", recursive=True)
+            return load_tokenizers(tmp)
+    local = os.path.expanduser(source[len("file://") :] if source.startswith("file://") else source)
+    return load_tokenizers(local) if os.path.isdir(local) else []
+
+
+def check_texts(job: JobConfig, files: tuple[str, ...] | list[str]) -> list[str]:
+    """Warnings about rows whose edit cannot reach the model: query and caption the same tokens after
+    the text encoder's truncation (a no-op edit), or a prompt cut at the token limit (tokenizer files
+    only, ``diffedit.tokens``)."""
+    from diffedit.tokens import check_prompts
+
+    tokenizers = model_tokenizers(job)
+    if not tokenizers:
+        return []
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, _ = filesystem(job.input.paths[0], job.storage)
+    arrow_fs = PyFileSystem(FSSpecHandler(fs))  # never a Python file object to pyarrow (Arrow bug)
+    unchanged: list[str] = []
+    truncated: list[str] = []
+    rows = 0
+    for path in files:
+        names = pq.read_schema(path, filesystem=arrow_fs).names
+        if "query" not in names:
+            continue
+        columns = ["id", "query"] + (["caption"] if "caption" in names else [])
+        for row in pq.read_table(path, columns=columns, filesystem=arrow_fs).to_pylist():
+            if not row.get("query"):
+                continue
+            rows += 1
+            check = check_prompts(tokenizers, str(row["query"]), str(row.get("caption") or ""))
+            if check.unchanged:
+                unchanged.append(str(row["id"]))
+            if check.truncated:
+                truncated.append(str(row["id"]))
+    limit = min(t.model_max_length for t in tokenizers)
+    lines = []
+    if unchanged:
+        lines.append(
+            f"text: WARNING {len(unchanged)} of {rows} rows have query and caption equal after truncation to "
+            f"{limit} tokens (the edit would do nothing), e.g. {unchanged[:3]}"
+        )
+    if truncated:
+        lines.append(
+            f"text: WARNING {len(truncated)} of {rows} rows have a caption or query longer than {limit} "
+            f"tokens (cut), e.g. {truncated[:3]}"
+        )
+    if not lines:
+        lines.append(f"text: all {rows} queries differ from their captions within {limit} tokens")
+    return lines
+
+
+__all__ = ["ManifestError", "check_model", "check_texts", "validate_job"]

@@ -20,6 +20,7 @@ from diffedit.loading import (
     HASH_SIDECAR_NAME,
     MANIFEST_NAME,
     ModelLayoutError,
+    ModelNotFoundError,
     ModelSourceError,
     UnsafeWeightsError,
     load_bundle,
@@ -179,7 +180,7 @@ def test_weights_hash_is_stable_cached_and_tracks_changes(model_copy: Path) -> N
 def test_weights_hash_when_the_sidecar_cannot_be_written(
     model_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import diffedit.loading
+    import diffedit.loading.hashing
 
     expected = weights_sha256(model_copy, WEIGHT_FILES)
     (model_copy / HASH_SIDECAR_NAME).unlink()
@@ -187,7 +188,7 @@ def test_weights_hash_when_the_sidecar_cannot_be_written(
     def read_only(path: Path, obj: object) -> None:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(diffedit.loading, "_write_json_atomic", read_only)
+    monkeypatch.setattr(diffedit.loading.hashing, "write_json_atomic", read_only)
     assert weights_sha256(model_copy, WEIGHT_FILES) == expected
     assert not (model_copy / HASH_SIDECAR_NAME).exists()
 
@@ -339,12 +340,13 @@ def test_concurrent_processes_share_one_cache(s3: dict, tiny_dir: Path, tmp_path
 
 
 def test_hub_id_without_network_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Offline and not cached: the model is not found (a rerun would not find it either)."""
     import huggingface_hub.constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
     monkeypatch.chdir(tmp_path)  # so that "some-org/some-model" is not a path here
-    with pytest.raises(ModelSourceError, match=r"'some-org/some-model'.*hub is unreachable"):
+    with pytest.raises(ModelNotFoundError, match=r"'some-org/some-model'.*HF_HUB_OFFLINE=1.*no snapshot"):
         load_bundle("some-org/some-model", cache_dir=tmp_path / "hf")
 
 

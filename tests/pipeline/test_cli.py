@@ -64,7 +64,8 @@ def test_coco_job_validates_against_a_fixture_manifest_on_s3(s3, tiny_model, tmp
          "--endpoint-url", endpoint],
     )  # fmt: skip
     assert prepared.exit_code == 0, prepared.output
-    assert "4 with a colour word, 5 without (left out); wrote 3 rows" in prepared.output
+    assert "4 with a colour word, 5 without (left out); 0 with an image id missing" in prepared.output
+    assert "wrote 3 rows" in prepared.output
 
     for name, value in {"DATA_BUCKET": "test-bucket", "MODEL_BUCKET": "model-bucket", "DS": "2024-06-01",
                         "S3_ENDPOINT_URL": endpoint}.items():  # fmt: skip

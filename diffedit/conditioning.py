@@ -1,0 +1,67 @@
+"""The SDXL UNet's conditioning packed into the one per-sample tensor of the ``eps`` contract.
+
+Every DiffEdit stage hands the model ``eps(latents, t, text_embeddings)``, with ``text_embeddings`` a
+(B, L', D) tensor it only indexes, concatenates and compares along the batch. SD's conditioning is exactly
+that (the text encoder's hidden states). SDXL's UNet takes three things per sample (Podell et al. 2023,
+"SDXL", §2.2 and §2.3):
+
+    encoder_hidden_states (L, D)  both text encoders' penultimate hidden states, concatenated on D
+    text_embeds           (P,)    the second encoder's projected pooled output
+    time_ids              (6,)    original size (h, w), crop top-left (top, left), target size (h, w)
+
+They travel as one tensor, so that the stages stay model-agnostic and a sample's conditioning moves with
+it through every gather and batch cut:
+
+    cond (B, L + k, D):   cond[:, :L]  = encoder_hidden_states
+                          cond[:, L:]  flattened to (B, k D) = [text_embeds (P) | time_ids (6) | zeros]
+    k = ceil((P + 6) / D) extra token slots (1 for SDXL: P = 1280, D = 2048)
+
+The time ids are written per row (``with_time_ids``), because they come from the row's image size, not
+from its text.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["NUM_TIME_IDS", "extra_slots", "pack", "time_ids_for", "unpack", "with_time_ids"]
+
+NUM_TIME_IDS = 6  # original (h, w), crop (top, left), target (h, w)
+
+
+def extra_slots(pooled_dim: int, width: int) -> int:
+    """k: the token slots that hold the pooled embedding and the time ids, ceil((P + 6) / D)."""
+    return -(-(pooled_dim + NUM_TIME_IDS) // width)
+
+
+def pack(hidden: torch.Tensor, pooled: torch.Tensor, time_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """hidden (B, L, D), pooled (B, P), time_ids (B, 6) or None (zeros) -> cond (B, L + k, D)."""
+    B, _, D = hidden.shape
+    P = pooled.shape[-1]
+    k = extra_slots(P, D)
+    extra = hidden.new_zeros(B, k * D)  # (B, k D)
+    extra[:, :P] = pooled
+    if time_ids is not None:
+        extra[:, P : P + NUM_TIME_IDS] = time_ids
+    return torch.cat([hidden, extra.view(B, k, D)], dim=1)  # (B, L + k, D)
+
+
+def unpack(cond: torch.Tensor, pooled_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """cond (B, L + k, D) -> hidden (B, L, D), pooled (B, P), time_ids (B, 6)."""
+    B, _, D = cond.shape
+    k = extra_slots(pooled_dim, D)
+    extra = cond[:, -k:].reshape(B, k * D)  # (B, k D)
+    return cond[:, :-k], extra[:, :pooled_dim], extra[:, pooled_dim : pooled_dim + NUM_TIME_IDS]
+
+
+def with_time_ids(cond: torch.Tensor, time_ids: torch.Tensor, pooled_dim: int) -> torch.Tensor:
+    """cond (B, L + k, D) with each row's time ids (B, 6) written in (a new tensor)."""
+    hidden, pooled, _ = unpack(cond, pooled_dim)
+    return pack(hidden, pooled, time_ids.to(cond.dtype))
+
+
+def time_ids_for(original_size: tuple[int, int], target_size: tuple[int, int]) -> list[int]:
+    """SDXL's size conditions of one row as diffusers' ``_get_add_time_ids`` orders them:
+    original (height, width), crop top-left (0, 0), target (height, width). Sizes given as (width, height)."""
+    (ow, oh), (tw, th) = original_size, target_size
+    return [oh, ow, 0, 0, th, tw]
