@@ -182,15 +182,22 @@ def _shutdown_ray() -> None:
 
 @app.command()
 def validate(
-    job_file: Path = typer.Argument(..., help="The job YAML."), verbose: bool = VERBOSE, quiet: bool = QUIET
+    job_file: Path = typer.Argument(..., help="The job YAML."),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="Check the resource plan against this Ray cluster (default $RAY_ADDRESS, else this machine).",
+    ),
+    verbose: bool = VERBOSE,
+    quiet: bool = QUIET,
 ) -> None:
     """Run the preflight of `run` (config, input schema and ids, the model's layout and fingerprint,
-    the output's state) without loading the model or starting Ray."""
+    the resource plan, the output's state) without loading the model (Ray only with an address)."""
     _command_logging(verbose, quiet)
     from pipeline.validate import validate_job
 
     try:
-        lines = validate_job(_load(job_file))
+        lines = validate_job(_load(job_file), address=address)
     except ConfigError as exc:
         raise _fail(ExitCode.CONFIG, f"config: {exc}") from None
     except (InputError, ManifestError) as exc:

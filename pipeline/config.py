@@ -109,7 +109,9 @@ class ComputeConfig:
     threads (0: as many as it reserves CPUs, at least 1). Reading, fetching, encoding and writing run as
     tasks reserving ``io_cpus`` each (Ray Data's file listing reserves one CPU). On a machine with C
     CPUs, keep ``max_actors * cpus_per_actor + max(1, io_cpus) <= C``, or the read tasks can never be
-    scheduled and Ray Data waits for ever (Ray issue 44687); the job checks this on a local cluster.
+    scheduled and Ray Data waits for ever (Ray issue 44687). ``validate`` and ``run`` check the plan
+    against the cluster's nodes (``pipeline.plan``); a watchdog bounds what no check can foresee
+    (``actor_startup_timeout_s``, ``progress_timeout_s``).
     """
 
     device: Literal["cpu", "cuda"] = "cpu"
@@ -125,6 +127,12 @@ class ComputeConfig:
     rows_per_block: int = 32  # rows per Ray block after reading: the unit of streaming and of progress
     channels_last: bool = False  # NHWC convolutions in the UNet and VAE (ModelBundle.optimize)
     compile_unet: bool = False  # torch.compile the UNet, dynamic in the batch (diffedit.compiled)
+    actor_memory_gb: float = 0.0  # Ray "memory" each model actor reserves (GiB); 0: reserves none
+    # The run fails with exit 1 (a rerun may succeed) when no model actor has loaded the model this many
+    # seconds after the plan started (resources that never come, a load that hangs); 0: wait for ever.
+    actor_startup_timeout_s: float = 1800.0
+    # ... or when, once an actor is ready, no row has finished the model stage for this long; 0: never.
+    progress_timeout_s: float = 1800.0
 
     @property
     def min_actors(self) -> int:
@@ -497,7 +505,7 @@ def _check_ranges(job: JobConfig) -> None:
         problems.append("compute.gpus_per_actor must be 0 when compute.device is cpu")
     if c.device == "cpu" and c.dtype == "float16":
         problems.append("compute.dtype float16 is not supported on cpu (use float32 or bfloat16)")
-    for key in ("torch_threads",):
+    for key in ("torch_threads", "actor_memory_gb", "actor_startup_timeout_s", "progress_timeout_s"):
         if getattr(c, key) < 0:
             problems.append(f"compute.{key} must be >= 0, got {getattr(c, key)}")
     for key in ("batch_size", "max_batch", "fetch_threads", "rows_per_block"):

@@ -29,6 +29,7 @@ import time
 import uuid
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import IntEnum
@@ -49,6 +50,7 @@ from pipeline.faults import (
     quiet_transient_tracebacks,
 )
 from pipeline.manifest import ManifestInfo
+from pipeline.plan import PlanCheck, connected_cluster, local_cluster, require_plan
 from pipeline.storage import filesystem, join, redact
 from pipeline.validate import InputError, StorageError, preflight  # noqa: F401 (re-exported)
 
@@ -126,9 +128,9 @@ def run_job(
     todo = len(input_set - done)
     if retried:
         log.info("--retry-failed: %d failed row(s) in %s are edited again", len(retried), shown_out)
-    if todo:  # before touching the output: a plan that cannot run is a config error
-        started_here = connect_ray(address)
-        check_resources(job, local=started_here)
+    if todo:  # before touching the output: a plan that cannot run is a config error (exit 2)
+        check_resources(job, address, connect=connect_ray)
+        connect_ray(address)
         signals.reinstall_if_installed()  # ray.init replaced the CLI's SIGTERM handler with its own
 
     out_fs, out = filesystem(job.output.path, job.storage)
@@ -283,14 +285,48 @@ def execute(
     model_label: str | None = None,
 ) -> list[O.PartWritten]:
     """Build and run the Ray Data plan over the rows not in ``done`` (Ray must be initialised).
-    ``model_label``: the ``model`` column's value (default: the source the actors load)."""
+    ``model_label``: the ``model`` column's value (default: the source the actors load). The watchdog
+    (``pipeline.watchdog``) ends a plan that stops moving with ``Stalled`` (exit 1)."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
 
-    from pipeline.stages import EditStage, encode_rows, fetch_rows
+    from pipeline.watchdog import ProgressBoard, Stalled, Watchdog, board_snapshot
 
     c = job.compute
     in_fs, _ = filesystem(job.input.paths[0], job.storage)
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    dog = Watchdog(c, board_snapshot(board)).start()  # from here on, a plan that stops moving ends
+    try:
+        try:
+            return _run_plan(job, manifest, done, run_id, out_fs, out, in_fs, board, model_label)
+        finally:
+            dog.stop()
+    except KeyboardInterrupt:
+        if dog.reason:  # the watchdog interrupted the plan; Ray Data has shut its executor down
+            raise Stalled(dog.reason) from None
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            ray.kill(board)
+
+
+def _run_plan(
+    job: JobConfig,
+    manifest: ManifestInfo,
+    done: frozenset[str],
+    run_id: str,
+    out_fs: fsspec.AbstractFileSystem,
+    out: str,
+    in_fs: Any,
+    board: Any,
+    model_label: str | None = None,
+) -> list[O.PartWritten]:
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from pipeline.stages import encode_rows, fetch_rows
+    from pipeline.watchdog import WatchedEditStage
+
+    c = job.compute
     ctx = DataContext.get_current()
     ctx.max_errored_blocks = 0
     # A fetch or commit task that failed on storage trouble (after botocore's own retries) runs again
@@ -315,22 +351,24 @@ def execute(
         if c.min_actors == c.max_actors
         else ActorPoolStrategy(min_size=c.min_actors, max_size=c.max_actors)
     )
+    memory = {"memory": c.actor_memory_gb * 1024**3} if c.actor_memory_gb > 0 else {}
     with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ds.map_batches(
-            EditStage,
+            WatchedEditStage,
             batch_format="pyarrow",
             batch_size=c.batch_size,
             compute=pool,
             num_cpus=c.cpus_per_actor,
             num_gpus=c.gpus_per_actor,
-            fn_constructor_kwargs={"job": job, "model_label": model_label},
+            fn_constructor_kwargs={"job": job, "board": board, "model_label": model_label},
             runtime_env={"env_vars": actor_env()},
             # Ray Data passes the actors' constructor arguments as object references, which Ray Core
             # cannot restore when it restarts an actor (Ray issues 53727, 57733): with restarts on, every
             # run logs an ERROR line saying so. An actor that dies fails the run instead (exit 1), and
             # the rerun resumes from the committed parts.
             max_restarts=0,
+            **memory,
         )
     ds = ds.map_batches(
         encode_rows,
@@ -379,14 +417,27 @@ def actor_env() -> dict[str, str]:
 HUB_ENV = ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_HOME")
 
 
+def ray_address(address: str | None = None) -> str | None:
+    """The cluster to drive: ``address``, else ``$RAY_ADDRESS``, else None (a local Ray). A driver needs
+    the head's GCS address (``host:6379``); ``http://host:8265`` is the Jobs API / dashboard address
+    that ``ray job submit`` uses, and is refused here (a configuration error, exit 2)."""
+    address = (address or os.environ.get("RAY_ADDRESS") or "").strip() or None
+    if address and address.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"Ray address {address!r} is a Jobs API (dashboard) URL: a driver needs the head's GCS address "
+            "(host:6379). Use `ray job submit` with that URL, or --address / RAY_ADDRESS=host:6379 to drive"
+        )
+    return address
+
+
 def ensure_ray(address: str | None = None) -> bool:
-    """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray sized to this machine.
-    Returns True when a local cluster was started here."""
+    """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray sized to this machine (the
+    cluster ``pipeline.plan.local_cluster`` describes). Returns True when a local Ray was started here."""
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(address)
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
@@ -394,32 +445,25 @@ def ensure_ray(address: str | None = None) -> bool:
     return True
 
 
-def check_resources(job: JobConfig, *, local: bool) -> None:
-    """Refuse (local cluster) or warn about (remote cluster, which may autoscale) a plan whose actors
-    leave less than one CPU for the read tasks: Ray Data would wait for ever (Ray issue 44687)."""
+def check_resources(
+    job: JobConfig,
+    address: str | None = None,
+    *,
+    connect: Callable[[str | None], Any] | None = ensure_ray,
+    log_warnings: bool = True,
+) -> PlanCheck:
+    """The plan check of ``validate`` and ``run`` (``pipeline.plan``): against this machine when no
+    Ray address is given and Ray is not running here (without starting Ray), else against the
+    cluster (connecting to it first with ``connect``, unless None). A plan that can never run is a
+    ``ConfigError`` (exit 2); warnings are logged (``log_warnings``)."""
     import ray
 
-    c = job.compute
-    total = ray.cluster_resources()
-    cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
-    # Ray Data's file-listing task reserves one whole CPU whatever io_cpus says (Ray 2.60).
-    other = max(1.0, c.io_cpus)
-    need = c.max_actors * c.cpus_per_actor + other
-    problems = []
-    if need > cpus:
-        problems.append(
-            f"compute: {c.max_actors} actor(s) x cpus_per_actor {c.cpus_per_actor} + {other:g} CPU for the read "
-            f"tasks = {need:g} CPUs, but the cluster has {cpus:g}: the reads could never be scheduled and Ray Data "
-            "would wait for ever (Ray issue 44687). Use fewer actors or a fractional cpus_per_actor"
-        )
-    if c.gpus_per_actor > 0 and c.min_actors * c.gpus_per_actor > gpus:
-        problems.append(
-            f"compute: {c.min_actors} actor(s) x gpus_per_actor {c.gpus_per_actor} > the cluster's {gpus:g} GPUs"
-        )
-    if problems and local:
-        raise ConfigError(f"{job.source}: " + "; ".join(problems))
-    for p in problems:
-        log.warning("%s (continuing: the cluster may autoscale)", p)
+    address = ray_address(address)
+    if address is None and not ray.is_initialized():
+        return require_plan(job, local_cluster(), log_warnings=log_warnings)
+    if connect is not None:
+        connect(address)
+    return require_plan(job, connected_cluster(), log_warnings=log_warnings)
 
 
 # --------------------------------------------------------------------------- summary

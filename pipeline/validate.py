@@ -181,9 +181,16 @@ def _check_image_uris(job: JobConfig, manifest: ManifestInfo) -> list[str]:
     return [f"images: all {total} image URIs are inside images.allow"]
 
 
-def validate_job(job: JobConfig) -> list[str]:
-    """``preflight``'s report."""
-    return preflight(job).lines
+def validate_job(job: JobConfig, address: str | None = None) -> list[str]:
+    """``preflight``'s report, with the resource plan checked as ``run`` checks it
+    (``pipeline.job.check_resources``: this machine without an address, else the live cluster)."""
+    from pipeline.job import check_resources
+
+    found = preflight(job)
+    plan = check_resources(found.job, address, log_warnings=False)
+    compute = [f"compute: {note}" for note in plan.notes]
+    compute += [f"compute: WARNING {warning}" for warning in plan.warnings]
+    return [*found.lines[:-1], *compute, found.lines[-1]]
 
 
 def model_tokenizers(job: JobConfig, model: ModelSource) -> list[Any]:

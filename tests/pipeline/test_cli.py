@@ -11,6 +11,7 @@ from pipeline_testing import COCO, REPO, read_output, s3fs_for, upload_dir
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.plan import GIB, ClusterDescription, Node
 
 
 def test_demo_job_prepare_run_preview(ray_cluster, tiny_model, tmp_path, monkeypatch):
@@ -69,8 +70,14 @@ def test_coco_job_validates_against_a_fixture_manifest_on_s3(s3, tiny_model, tmp
     for name, value in {"DATA_BUCKET": "test-bucket", "MODEL_BUCKET": "model-bucket", "DS": "2024-06-01",
                         "S3_ENDPOINT_URL": endpoint}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
+    # The job is sized for a GPU cluster (compute/gpu): validate its plan as on one (pipeline.plan's
+    # own tests cover the check; validating it against this CPU machine fails with exit 2).
+    gpu_cluster = ClusterDescription(nodes=(Node(16, 1, 64 * GIB),) * 2, where="a GPU cluster")
+    monkeypatch.setattr("pipeline.job.local_cluster", lambda: gpu_cluster)
+    monkeypatch.setattr("pipeline.job.connected_cluster", lambda: gpu_cluster)
     result = runner.invoke(app, ["validate", str(REPO / "jobs" / "coco_recolor.yaml")])
     assert result.exit_code == 0, result.output
+    assert "compute: plan: 1-8 actor(s) of 2 CPU, 1 GPU, 0 GiB; 2 fit now" in result.output
     assert "input: 3 rows in 1 file(s), ids unique" in result.output
     assert "all 3 image URIs are inside images.allow" in result.output
     assert (

@@ -79,7 +79,7 @@ def test_ray_job_edits_with_tiny_sdxl_loaded_by_hub_id_offline(ray_cluster, tiny
     assert set(table.column("model").to_pylist()) == {"org/tiny-sdxl"}
     assert set(table.column("model_weights_sha256").to_pylist()) == {load_bundle(str(tiny_sdxl)).weights_hash}
     assert set(table.column("guidance_scale").to_pylist()) == {5.0}  # from the sdxl preset
-    summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / ".diffedit" / "summary.json").read_text())
     assert summary["this_run"]["rows_edited"] == 3
 
 
