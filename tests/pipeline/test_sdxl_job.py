@@ -61,14 +61,14 @@ def test_ray_job_edits_with_tiny_sdxl_loaded_by_hub_id_offline(ray_cluster, tiny
     assert save_hub_snapshot(other, cache, "org/tiny-sdxl") != commit  # main moves on
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.chdir(tmp_path)  # "org/tiny-sdxl" is no path here
+    monkeypatch.chdir(tmp_path)
     rows = [
         {"id": f"r{i}", "image_bytes": png_bytes(i, size=size), "caption": "a blue cat", "query": "a red cat"}
         for i, size in enumerate([(32, 32), (48, 40), (64, 64)])
     ]
     write_manifest(tmp_path / "manifest" / "part-0.parquet", rows)
     job = tmp_path / "job.yaml"
-    job.write_text(job_yaml(tmp_path, "org/tiny-sdxl", revision=commit))
+    job.write_text(job_yaml(tmp_path, "hf://org/tiny-sdxl", revision=commit))
 
     result = CliRunner().invoke(app, ["run", str(job), "--address", ray_cluster])
     assert result.exit_code == 0, result.output
@@ -76,7 +76,7 @@ def test_ray_job_edits_with_tiny_sdxl_loaded_by_hub_id_offline(ray_cluster, tiny
     table = read_output(tmp_path / "out")
     assert sorted(table.column("id").to_pylist()) == ["r0", "r1", "r2"]
     assert set(table.column("status").to_pylist()) == {"ok"}
-    assert set(table.column("model").to_pylist()) == {"org/tiny-sdxl"}
+    assert set(table.column("model").to_pylist()) == {"hf://org/tiny-sdxl"}  # as written
     assert set(table.column("model_weights_sha256").to_pylist()) == {load_bundle(str(tiny_sdxl)).weights_hash}
     assert set(table.column("guidance_scale").to_pylist()) == {5.0}  # from the sdxl preset
     summary = json.loads((tmp_path / "out" / ".diffedit" / "summary.json").read_text())
