@@ -14,13 +14,26 @@ Weights are read from safetensors files only: a component that has only pickle c
 ``*.ckpt``, ``*.pt``, ``*.pth``) is refused with ``UnsafeWeightsError``; nothing here ever unpickles.
 """
 
+from typing import Any
+
 from diffedit.loading.cache import MANIFEST_NAME, CacheSync, default_cache_dir, sync_to_cache
-from diffedit.loading.dtypes import resolve_dtype
 from diffedit.loading.errors import ModelLayoutError, ModelNotFoundError, ModelSourceError, UnsafeWeightsError
 from diffedit.loading.hashing import HASH_SIDECAR_NAME, weights_sha256
 from diffedit.loading.layout import FILE_PATTERNS, check_layout, layout_family
-from diffedit.loading.load import load_bundle
 from diffedit.loading.urls import redact_url
+
+#: Names whose modules import torch: loaded on first use (PEP 562), so the layout checks and the weights
+#: hash (``validate``, the nightly no-op ``run``) never pay torch's import.
+_LAZY = {"load_bundle": "diffedit.loading.load", "resolve_dtype": "diffedit.loading.dtypes"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FILE_PATTERNS",
