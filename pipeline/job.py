@@ -56,6 +56,9 @@ from pipeline.validate import InputError, StorageError, preflight  # noqa: F401 
 
 log = logging.getLogger("pipeline")
 
+#: The node address of a local Ray started by ``ensure_ray``.
+LOOPBACK = "127.0.0.1"
+
 
 class ExitCode(IntEnum):
     """Exit codes of ``diffedit-batch`` (Airflow's BashOperator: 0 success, anything else failure;
@@ -441,7 +444,11 @@ def ensure_ray(address: str | None = None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=True)
+    # A local Ray serves this driver alone: its nodes' address is the loopback one, so no part of it is
+    # reached through (or advertised on) the machine's network interfaces.
+    ray.init(
+        num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=True, _node_ip_address=LOOPBACK
+    )
     return True
 
 

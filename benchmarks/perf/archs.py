@@ -225,7 +225,12 @@ def step_ray(
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     for attempt in range(3):  # a local Ray's start-up times out on an overloaded machine: retry
         try:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=os.cpu_count() or 1,
+                include_dashboard=False,
+                log_to_driver=False,
+                _node_ip_address="127.0.0.1",
+            )
             break
         except Exception:
             ray.shutdown()

@@ -203,7 +203,12 @@ def run_ray(
         if address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=False)
         else:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=os.cpu_count() or 1,
+                include_dashboard=False,
+                log_to_driver=False,
+                _node_ip_address="127.0.0.1",
+            )
             started_here = True
     ray_init_seconds = time.perf_counter() - t0
     try:

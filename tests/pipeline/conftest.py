@@ -21,7 +21,13 @@ def ray_cluster() -> Iterator[str]:
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False)
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=256 * 1024**2,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",  # loopback only: drivers in subprocesses connect there
+        )
     address = ray.get_runtime_context().gcs_address
     yield address
     ray.shutdown()
