@@ -354,7 +354,8 @@ def test_an_unreachable_input_endpoint_is_retryable_exit_1(tmp_path, monkeypatch
         port = s.getsockname()[1]  # nothing listens there once closed
     (tmp_path / "job.yaml").write_text(
         "input: {paths: ['s3://bucket/manifests/']}\noutput: {path: out}\nmodel: {source: m}\n"
-        f"storage: {{endpoint_url: 'http://127.0.0.1:{port}'}}\n"
+        # two attempts, short timeouts: what is tested is the class of the error, not the retry budget
+        f"storage: {{endpoint_url: 'http://127.0.0.1:{port}', max_attempts: 2, connect_timeout: 1}}\n"
     )
     monkeypatch.chdir(tmp_path)
     for command in ("validate", "run"):
@@ -365,7 +366,7 @@ def test_an_unreachable_input_endpoint_is_retryable_exit_1(tmp_path, monkeypatch
     write_manifest(tmp_path / "in" / "m.parquet", [{"id": "a", "image_bytes": png_bytes(0), "query": "q"}])
     (tmp_path / "model.yaml").write_text(
         "input: {paths: [in]}\noutput: {path: out}\nmodel: {source: 's3://models/sd'}\n"
-        f"storage: {{endpoint_url: 'http://127.0.0.1:{port}'}}\n"
+        f"storage: {{endpoint_url: 'http://127.0.0.1:{port}', max_attempts: 2, connect_timeout: 1}}\n"
     )
     result = CliRunner().invoke(app, ["validate", "model.yaml"])
     assert result.exit_code == 1, result.output
