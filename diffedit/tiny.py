@@ -134,13 +134,30 @@ def _word_bpe(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
+def tiny_vae(sample_size: int, **config: Any) -> Any:
+    """The tiny VAE of the SD and SDXL test models: 2 blocks (32, 64 channels), 4 latent channels, one
+    downsampling (latents of ``sample_size``, images of twice it); ``config``: further config values."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=sample_size * 2,
+        **config,
+    )
+
+
 def tiny_components(seed: int = 0, sample_size: int = 16, cross_attention_dim: int = 32) -> dict[str, Any]:
     """The five components of a tiny SD-layout model, deterministic for a given ``seed``.
 
     VAE stride 2 (two blocks) and a two-level UNet: images must be multiples of 4 pixels, and the
     native size is ``sample_size * 2`` pixels.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_word_tokenizer(TINY_WORDS)
@@ -159,15 +176,7 @@ def tiny_components(seed: int = 0, sample_size: int = 16, cross_attention_dim: i
         norm_num_groups=32,
     )
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=sample_size * 2,
-    )
+    vae = tiny_vae(sample_size)
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -276,7 +285,7 @@ def tiny_sdxl_components(seed: int = 0, sample_size: int = 16) -> dict[str, Any]
     features each (80). VAE stride 2 with ``force_upcast`` and SDXL's scaling factor; native size
     ``sample_size * 2`` pixels.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = build_word_tokenizer(TINY_WORDS)
@@ -300,17 +309,7 @@ def tiny_sdxl_components(seed: int = 0, sample_size: int = 16) -> dict[str, Any]
         norm_num_groups=32,
     )
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=sample_size * 2,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    vae = tiny_vae(sample_size, scaling_factor=0.13025, force_upcast=True)  # SDXL VAE's config values
 
     def text_config() -> Any:
         return CLIPTextConfig(
