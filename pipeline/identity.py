@@ -72,6 +72,7 @@ class ModelSource:
     revision: str | None  # hub: the commit the revision resolved to; else None
     fingerprint: dict[str, Any]  # see the module docstring
     description: str  # one line for validate
+    family: str = "Stable Diffusion"  # the layout's family: "Stable Diffusion" or "Stable Diffusion XL"
 
 
 def sha256_json(data: Any) -> str:
@@ -123,14 +124,20 @@ def inspect_model(job: JobConfig) -> ModelSource:
     return _inspect_local(source, where)
 
 
-def _check_layout(files: set[str], read_json: Callable[[str], Any], where: str) -> dict[str, tuple[str, ...]]:
+def _check_layout(
+    files: set[str], read_json: Callable[[str], Any], where: str
+) -> tuple[dict[str, tuple[str, ...]], str]:
+    """The layout's weight files per component, and its family's name for the report
+    ("Stable Diffusion" or "Stable Diffusion XL")."""
     from diffedit.loading.errors import ModelLayoutError, UnsafeWeightsError
-    from diffedit.loading.layout import check_layout
+    from diffedit.loading.layout import check_layout, layout_family
 
     try:
-        return check_layout(files, read_json, where)
+        weights = check_layout(files, read_json, where)
     except (ModelLayoutError, UnsafeWeightsError) as exc:
         raise ConfigError(str(exc)) from None
+    sdxl = layout_family(read_json("model_index.json")) == "sdxl"
+    return weights, "Stable Diffusion XL" if sdxl else "Stable Diffusion"
 
 
 def _small_files_sha256(files: list[str], read_bytes: Callable[[str], bytes]) -> str:
@@ -166,7 +173,7 @@ def _inspect_local(root: str, where: str) -> ModelSource:
         with open(os.path.join(root, rel), "rb") as f:
             return f.read()
 
-    weights = _check_layout(files, lambda rel: json.loads(read_bytes(rel)), where)
+    weights, family = _check_layout(files, lambda rel: json.loads(read_bytes(rel)), where)
     weight_files = sorted(f for fs in weights.values() for f in fs)
     small = [f for f in files if _wanted(f) and not f.endswith(".safetensors")]
     fingerprint = {
@@ -180,9 +187,10 @@ def _inspect_local(root: str, where: str) -> ModelSource:
         revision=None,
         fingerprint=fingerprint,
         description=(
-            f"local directory {root}: Stable Diffusion layout OK ({len(weight_files)} safetensors file(s), "
+            f"local directory {root}: {family} layout OK ({len(weight_files)} safetensors file(s), "
             f"weights sha256 {fingerprint['weights_sha256'][:16]})"
         ),
+        family=family,
     )
 
 
@@ -208,7 +216,7 @@ def _inspect_remote(job: JobConfig, url: str, where: str) -> ModelSource:
         raise StorageError(f"{where}: cannot list: {type(exc).__name__}: {exc}") from None
     if not listing:
         raise ConfigError(f"{where}: no such model directory (nothing under it)")
-    _check_layout(set(listing), lambda rel: json.loads(fs.cat_file(f"{root}/{rel}")), where)
+    _, family = _check_layout(set(listing), lambda rel: json.loads(fs.cat_file(f"{root}/{rel}")), where)
     entries = [[rel, size, version] for rel, (size, version) in sorted(listing.items()) if _wanted(rel)]
     return ModelSource(
         kind="remote",
@@ -216,10 +224,24 @@ def _inspect_remote(job: JobConfig, url: str, where: str) -> ModelSource:
         revision=None,
         fingerprint={"kind": "listing", "files": entries},
         description=(
-            f"remote directory {redact(url)}: Stable Diffusion layout OK "
+            f"remote directory {redact(url)}: {family} layout OK "
             f"({sum(1 for e in entries if e[0].endswith('.safetensors'))} safetensors file(s))"
         ),
+        family=family,
     )
+
+
+def hub_cache_dir(job: JobConfig) -> str | None:
+    """The hub cache the preflight reads: ``model.cache_dir``, else ``$HF_HUB_CACHE``, else
+    ``$HF_HOME/hub``, read now (huggingface_hub reads them once, when it is imported), else None (the
+    client's default). The model actors, new processes, read the same variables (``job.actor_env``)."""
+    if job.model.cache_dir:
+        return job.model.cache_dir
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
 
 
 def _inspect_hub(job: JobConfig, repo: str, where: str) -> ModelSource:
@@ -236,6 +258,7 @@ def _inspect_hub(job: JobConfig, repo: str, where: str) -> ModelSource:
         raise ConfigError(f"{where}: huggingface_hub is not installed: {exc}") from None
     commit = files = read_json = None
     hub_error = None
+    cache_dir = hub_cache_dir(job)
     if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
         try:
             info = HfApi().model_info(repo, revision=revision, timeout=20)
@@ -243,7 +266,7 @@ def _inspect_hub(job: JobConfig, repo: str, where: str) -> ModelSource:
             files = {s.rfilename for s in info.siblings or []}
 
             def read_json(rel: str) -> Any:
-                path = hf_hub_download(repo, rel, revision=commit, cache_dir=job.model.cache_dir)
+                path = hf_hub_download(repo, rel, revision=commit, cache_dir=cache_dir)
                 with open(path) as f:
                     return json.load(f)
 
@@ -255,23 +278,24 @@ def _inspect_hub(job: JobConfig, repo: str, where: str) -> ModelSource:
                 repo,
                 revision=revision,
                 allow_patterns=list(FILE_PATTERNS),
-                cache_dir=job.model.cache_dir,
+                cache_dir=cache_dir,
                 local_files_only=True,
             )
         except Exception:
             reason = f"asking the hub failed ({hub_error})" if hub_error else "HF_HUB_OFFLINE=1"
             raise ConfigError(
                 f"{where}: cannot resolve {named}: {reason}, and no cached snapshot was found "
-                f"(cache_dir {job.model.cache_dir or 'the huggingface_hub default'}); download it where the hub "
+                f"(hub cache {cache_dir or 'the huggingface_hub default'}); download it where the hub "
                 "is reachable, or point model.source at a local directory or an s3:// URL"
             ) from None
         commit = os.path.basename(root.rstrip("/"))
         source = _inspect_local(root, where)
         files = None
+        family = source.family
         weights_hint = f", weights sha256 {source.fingerprint['weights_sha256'][:16]}"
     else:
         assert files is not None and read_json is not None
-        _check_layout(files, read_json, where)
+        _, family = _check_layout(files, read_json, where)
         weights_hint = ""
     if not _COMMIT.match(commit or ""):
         raise ConfigError(f"{where}: {named} did not resolve to a commit (got {commit!r})")
@@ -280,7 +304,8 @@ def _inspect_hub(job: JobConfig, repo: str, where: str) -> ModelSource:
         location=repo,
         revision=commit,
         fingerprint={"kind": "hub", "repo": repo, "commit": commit},
-        description=f"hub repository {named} at commit {commit[:12]}: Stable Diffusion layout OK{weights_hint}",
+        description=f"hub repository {named} at commit {commit[:12]}: {family} layout OK{weights_hint}",
+        family=family,
     )
 
 

@@ -387,7 +387,7 @@ def test_a_jobs_api_url_in_ray_address_exits_2(tiny_model, tmp_path):
     one_row_job(tmp_path, tiny_model)
     bad = cli("run", "job.yaml", cwd=tmp_path, env={"RAY_ADDRESS": "http://127.0.0.1:8265"})
     assert bad.returncode == 2, bad.stderr[-3000:]
-    assert "error: config: Ray address 'http://127.0.0.1:8265': Invalid Ray address" in bad.stderr
+    assert "error: config: Ray address 'http://127.0.0.1:8265' is a Jobs API (dashboard) URL" in bad.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -40,7 +40,10 @@ def test_sdxl_preset_validates_against_a_tiny_sdxl_directory(tiny_sdxl, tmp_path
     job.write_text(job_yaml(tmp_path, str(tiny_sdxl)))
     result = CliRunner().invoke(app, ["validate", str(job)])
     assert result.exit_code == 0, result.output
-    assert f"local directory {tiny_sdxl}: Stable Diffusion layout OK (4 safetensors file(s))" in result.output
+    assert (
+        f"local directory {tiny_sdxl}: Stable Diffusion XL layout OK (4 safetensors file(s), weights sha256"
+        in result.output
+    )
 
     (tiny_sdxl.parent / "broken").mkdir()
     broken = tiny_sdxl.parent / "broken" / "model"
