@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements/constraints
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint format demo bench-quality bench-perf clean
+.PHONY: install test test-slow test-archs lint format demo bench-quality bench-perf clean
 
 install: $(STAMP)
 
@@ -21,11 +21,21 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	touch $@
 
 # OpenMP threads that spin while waiting make torch on a busy 2-core machine dozens of times slower.
-test: install
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 
-test-fast: install
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+# The default suite (~12 min on 2 cores): everything not marked slow.
+test: install
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The slow tests (~30 min): a 2-node Ray cluster and the Jobs API, Airflow 2 and 3 in throwaway venvs,
+# S3 fault injection, the wheel, 30 + 30 CLI processes. CI runs them after `make test`.
+test-slow: install
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow --deselect tests/benchmarks/test_archs.py $(PYTEST_ARGS)
+
+# SD 1.5, SD 2.1 and SDXL at full size with random weights, through the editor and the Ray job
+# (~10 min; SDXL needs ~7.5 GB of RAM and ~7 GB of temporary disk).
+test-archs: install
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow tests/benchmarks/test_archs.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
