@@ -23,17 +23,17 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 # OpenMP threads that spin while waiting make torch on a busy 2-core machine dozens of times slower.
 TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 
-# The default suite (~12 min on 2 cores): everything not marked slow.
+# The default suite (~9 min on 2 cores): everything not marked slow.
 test: install
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# The slow tests (~30 min): a 2-node Ray cluster and the Jobs API, Airflow 2 and 3 in throwaway venvs,
+# The slow tests (~13 min): a 2-node Ray cluster and the Jobs API, Airflow 2 and 3 in throwaway venvs,
 # S3 fault injection, the wheel, 30 + 30 CLI processes. CI runs them after `make test`.
 test-slow: install
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow --deselect tests/benchmarks/test_archs.py $(PYTEST_ARGS)
 
 # SD 1.5, SD 2.1 and SDXL at full size with random weights, through the editor and the Ray job
-# (~10 min; SDXL needs ~7.5 GB of RAM and ~7 GB of temporary disk).
+# (~6 min; SDXL needs ~7.5 GB of RAM and ~7 GB of temporary disk).
 test-archs: install
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow tests/benchmarks/test_archs.py $(PYTEST_ARGS)
 
