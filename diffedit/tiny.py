@@ -151,6 +151,27 @@ def tiny_vae(sample_size: int, **config: Any) -> Any:
     )
 
 
+def tiny_text_config(tokenizer: Any, *, width: int, projection_dim: int) -> Any:
+    """The CLIP text config of the tiny test models: 5 layers of ``width``, 4 heads, the tokenizer's
+    vocabulary and length (ids 0/1: bos and eos/pad, as ``build_word_tokenizer`` numbers them)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=width,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        hidden_act="gelu",
+        projection_dim=projection_dim,
+    )
+
+
 def tiny_components(seed: int = 0, sample_size: int = 16, cross_attention_dim: int = 32) -> dict[str, Any]:
     """The five components of a tiny SD-layout model, deterministic for a given ``seed``.
 
@@ -158,7 +179,7 @@ def tiny_components(seed: int = 0, sample_size: int = 16, cross_attention_dim: i
     native size is ``sample_size * 2`` pixels.
     """
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     tokenizer = build_word_tokenizer(TINY_WORDS)
     torch.manual_seed(seed)
@@ -178,22 +199,7 @@ def tiny_components(seed: int = 0, sample_size: int = 16, cross_attention_dim: i
     torch.manual_seed(seed + 1)
     vae = tiny_vae(sample_size)
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_size=cross_attention_dim,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=tokenizer.model_max_length,
-            hidden_act="gelu",
-            projection_dim=512,
-        )
-    )
+    text_encoder = CLIPTextModel(tiny_text_config(tokenizer, width=cross_attention_dim, projection_dim=512))
     return {
         "unet": unet,
         "vae": vae,
@@ -286,7 +292,7 @@ def tiny_sdxl_components(seed: int = 0, sample_size: int = 16) -> dict[str, Any]
     ``sample_size * 2`` pixels.
     """
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = build_word_tokenizer(TINY_WORDS)
     tokenizer_2 = build_word_tokenizer(TINY_WORDS)
@@ -310,27 +316,10 @@ def tiny_sdxl_components(seed: int = 0, sample_size: int = 16) -> dict[str, Any]
     )
     torch.manual_seed(seed + 1)
     vae = tiny_vae(sample_size, scaling_factor=0.13025, force_upcast=True)  # SDXL VAE's config values
-
-    def text_config() -> Any:
-        return CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=tokenizer.model_max_length,
-            hidden_act="gelu",
-            projection_dim=32,
-        )
-
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(text_config())
+    text_encoder = CLIPTextModel(tiny_text_config(tokenizer, width=32, projection_dim=32))
     torch.manual_seed(seed + 3)
-    text_encoder_2 = CLIPTextModelWithProjection(text_config())
+    text_encoder_2 = CLIPTextModelWithProjection(tiny_text_config(tokenizer_2, width=32, projection_dim=32))
     return {
         "unet": unet,
         "vae": vae,
