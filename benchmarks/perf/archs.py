@@ -200,37 +200,25 @@ def step_ray(
     path: Path, dtype: str, size: int, steps: int, draws: int, workdir: Path, threads: int
 ) -> dict[str, Any]:
     """Child 3: the batch job over a one-row manifest of the same task, on a local Ray."""
-    import pyarrow as pa
     import ray
 
-    from benchmarks.perf.ray_section import _ray_job_data
+    from benchmarks.perf.ray_section import _ray_job_data, start_local_ray, write_job_manifest
     from benchmarks.perf.rows import encode_png
-    from pipeline.config import StorageConfig, build_job
+    from pipeline.config import build_job
     from pipeline.job import run_job
-    from pipeline.prepare import write_manifest
 
     task = _task(size)
     manifest_dir, output = workdir / "manifest", workdir / "output"
-    shutil.rmtree(manifest_dir, ignore_errors=True)
-    schema = pa.schema(
-        [("id", pa.string()), ("image_bytes", pa.binary()), ("caption", pa.string()),
-         ("query", pa.string()), ("seed", pa.int64())]
-    )  # fmt: skip
     row = {"id": task.id, "image_bytes": encode_png(task.image.convert("RGB")), "caption": task.caption,
            "query": task.query, "seed": int(task.seed)}  # fmt: skip
-    manifest = write_manifest([row], str(manifest_dir), StorageConfig(), schema)
+    manifest = write_job_manifest([row], manifest_dir)
     data = _ray_job_data(Path(manifest), output, str(path), _params(steps, draws), 1, 16, threads)
     data["compute"]["dtype"] = dtype
     job = build_job(data, source="benchmarks.perf.archs")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     for attempt in range(3):  # a local Ray's start-up times out on an overloaded machine: retry
         try:
-            ray.init(
-                num_cpus=os.cpu_count() or 1,
-                include_dashboard=False,
-                log_to_driver=False,
-                _node_ip_address="127.0.0.1",
-            )
+            start_local_ray()
             break
         except Exception:
             ray.shutdown()

@@ -47,6 +47,33 @@ def _ray_job_data(
     }
 
 
+def write_job_manifest(records: Sequence[dict[str, Any]], manifest_dir: Path) -> str:
+    """A fresh manifest folder of ``records`` (id, image_bytes, caption, query, seed); its file's path."""
+    import pyarrow as pa
+
+    from pipeline.config import StorageConfig
+    from pipeline.prepare import write_manifest
+
+    shutil.rmtree(manifest_dir, ignore_errors=True)
+    schema = pa.schema(
+        [("id", pa.string()), ("image_bytes", pa.binary()), ("caption", pa.string()),
+         ("query", pa.string()), ("seed", pa.int64())]
+    )  # fmt: skip
+    return write_manifest(list(records), str(manifest_dir), StorageConfig(), schema)
+
+
+def start_local_ray() -> None:
+    """A local Ray of this machine's CPUs on loopback (the job's own ``ensure_ray`` does the same)."""
+    import ray
+
+    ray.init(
+        num_cpus=os.cpu_count() or 1,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+
+
 def in_process_baseline(
     model: str,
     rows: Sequence[BenchRow],
@@ -162,12 +189,10 @@ def run_ray(
     to show how much of the job's time is the actor's fixed start-up.
     """
     try:
-        from pipeline.config import StorageConfig, build_job
+        from pipeline.config import build_job
         from pipeline.job import ExitCode, run_job
-        from pipeline.prepare import write_manifest
     except ImportError as exc:
         return {"status": "pending", "reason": f"the pipeline package is not importable: {exc}"}
-    import pyarrow as pa
 
     threads = torch.get_num_threads()
     kwargs = {"batch": batch, "max_batch": max_batch, "warmup": warmup}
@@ -176,19 +201,12 @@ def run_ray(
 
     workdir.mkdir(parents=True, exist_ok=True)
     manifest_dir, output = workdir / "manifest", workdir / "output"
-    shutil.rmtree(manifest_dir, ignore_errors=True)
-    schema = pa.schema(
-        [("id", pa.string()), ("image_bytes", pa.binary()), ("caption", pa.string()),
-         ("query", pa.string()), ("seed", pa.int64())]
-    )  # fmt: skip
-    manifest = write_manifest(
+    manifest = write_job_manifest(
         [
             {"id": r.id, "image_bytes": r.png, "caption": r.caption, "query": r.query, "seed": r.seed}
             for r in rows
         ],
-        str(manifest_dir),
-        StorageConfig(),
-        schema,
+        manifest_dir,
     )
     job = build_job(
         _ray_job_data(Path(manifest), output, model, params, batch, max_batch, threads),
@@ -203,12 +221,7 @@ def run_ray(
         if address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=False)
         else:
-            ray.init(
-                num_cpus=os.cpu_count() or 1,
-                include_dashboard=False,
-                log_to_driver=False,
-                _node_ip_address="127.0.0.1",
-            )
+            start_local_ray()
             started_here = True
     ray_init_seconds = time.perf_counter() - t0
     try:
