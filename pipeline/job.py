@@ -230,9 +230,9 @@ def connect_ray(address: str | None) -> bool:
     in every cron mail); Ray's warning that authentication is *disabled* still shows."""
     from ray.exceptions import AuthenticationError
 
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        _DropMessages("Token authentication is enabled")
-    )
+    # One filter object for the process: addFilter skips a filter already there, so repeated runs in
+    # one process (tests, notebooks) do not stack copies.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TOKEN_NOTICE)
     try:
         return ensure_ray(address)
     except ValueError as exc:
@@ -264,6 +264,9 @@ class _DropMessages(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(self.prefixes)
+
+
+_TOKEN_NOTICE = _DropMessages("Token authentication is enabled")
 
 
 def _is_auth_error(exc: BaseException) -> bool:
