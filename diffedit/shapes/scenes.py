@@ -13,6 +13,8 @@ Everything is a pure function of an integer seed (numpy ``default_rng(seed)``).
 Seed ranges (keep them disjoint):
 
 * ``TRAIN_SEEDS`` = [0, 10_000_000): scenes the model is trained on (``sample_scene(seed)``).
+* ``train_edit_pair(seed)`` edits training scenes as ``make_edit_tasks`` edits held-out ones
+  (training seeds only), for models that learn from edit pairs (``diffedit.shapes.dataset``).
 * ``EVAL_SEED_BASE`` = 1_000_000_000 and above: held-out edit tasks. ``make_edit_tasks(seed, n)``
   draws its scenes from seeds ``EVAL_SEED_BASE + seed * 1_000_003 + k``, k = 0, 1, ..., so for
   any ``seed`` >= 0 none of them is a training scene.
@@ -278,7 +280,7 @@ def sample_scene(seed: int, size: int = 64, n_objects: int | None = None) -> Sce
 # --------------------------------------------------------------------------- edit tasks
 
 
-def _edit_task(scene: Scene, index: int, kind: str, rng: np.random.Generator) -> EditTask | None:
+def edit_task(scene: Scene, index: int, kind: str, rng: np.random.Generator) -> EditTask | None:
     """Edit object ``index`` of ``scene``; None when the result would be ambiguous or invisible."""
     obj = scene.objects[index]
     others = {(o.colour, o.shape) for j, o in enumerate(scene.objects) if j != index}
@@ -354,7 +356,31 @@ def make_edit_tasks(
         if len(scene.objects) > max_objects:
             continue
         rng = np.random.default_rng([scene_seed, 7])
-        task = _edit_task(scene, int(rng.integers(len(scene.objects))), kind, rng)
+        task = edit_task(scene, int(rng.integers(len(scene.objects))), kind, rng)
         if task is not None:
             tasks.append(task)
     return tasks
+
+
+def train_edit_pair(
+    seed: int, size: int = 64, n_objects: int | None = None, p_recolor: float = 0.5
+) -> EditTask:
+    """An edit of the training scene of ``seed`` (``edit_task`` on ``sample_scene(seed, size, n_objects)``).
+
+    Deterministic for ``seed``: the kind is "recolor" with probability ``p_recolor``, else "reshape",
+    and the object is drawn uniformly. Should that edit be impossible (every other shape taken, or the
+    new shape mostly hidden), the next objects and then the other kind are tried in a fixed order; a
+    recolour always exists (5 other colours, at most 2 other objects), so every seed gives a pair.
+    """
+    if seed not in TRAIN_SEEDS:
+        raise ValueError(f"seed {seed} is not a training seed (TRAIN_SEEDS = {TRAIN_SEEDS})")
+    scene = sample_scene(seed, size, n_objects)
+    rng = np.random.default_rng([seed, 11])
+    first = "recolor" if rng.random() < p_recolor else "reshape"
+    start = int(rng.integers(len(scene.objects)))
+    for kind in (first, "reshape" if first == "recolor" else "recolor"):
+        for k in range(len(scene.objects)):
+            task = edit_task(scene, (start + k) % len(scene.objects), kind, rng)
+            if task is not None:
+                return task
+    raise AssertionError(f"training scene {seed} has no possible recolour")  # see the docstring

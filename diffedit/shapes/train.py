@@ -30,20 +30,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffedit.shapes import dataset
+from diffedit.shapes.dataset import images_tensor
 from diffedit.shapes.posterior import POSTERIOR_STD, set_posterior_std
 from diffedit.shapes.scenes import sample_scene
 from diffedit.shapes.vocab import build_shapes_tokenizer
 from diffedit.tiny import SD_SCHEDULER_CONFIG, save_sd_directory
 
-#: Seeds of the VAE phase, the scaling-factor estimate and the cached diffusion dataset; all inside
+#: Seeds of the VAE phase, the scaling-factor estimate, the cached diffusion dataset and its edit pairs; all inside
 #: ``scenes.TRAIN_SEEDS`` = [0, 10_000_000) and disjoint from each other.
 VAE_SEED_BASE = 5_000_000
 SCALE_SEED_BASE = 9_000_000
 DATA_SEED_BASE = 0
+#: Scenes of the edit pairs (``--n-pairs``; ``scenes.train_edit_pair``).
+PAIR_SEED_BASE = 3_000_000
 
 IMAGE_SIZE = 64
 LATENT_SIZE = 16
@@ -130,7 +133,12 @@ def build_unet(
 def build_diffusion_models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """Tokenizer, text encoder and UNet of the diffusion phase, as ``args`` lay them out; the one
     place that training and export build them, so the exported layout is the trained one."""
-    tokenizer = build_shapes_tokenizer()
+    if getattr(args, "init_model", None):  # the model's own tokenizer: its ids are the ones trained
+        from transformers import CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(Path(args.init_model) / "tokenizer")
+    else:
+        tokenizer = build_shapes_tokenizer()
     text_encoder = build_text_encoder(args.seed + 2, len(tokenizer), tokenizer.model_max_length)
     unet = build_unet(
         args.seed + 1,
@@ -150,9 +158,7 @@ def num_params(module: torch.nn.Module) -> int:
 def scene_batch(seeds: list[int]) -> tuple[torch.Tensor, list[str]]:
     """Images in [-1, 1] and captions of the scenes of ``seeds``.  # (B, 3, 64, 64)"""
     scenes = [sample_scene(s, IMAGE_SIZE) for s in seeds]
-    arr = np.stack([np.asarray(s.image) for s in scenes])  # (B, H, W, 3) uint8
-    images = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, H, W)
-    return images, [s.caption for s in scenes]
+    return images_tensor([s.image for s in scenes]), [s.caption for s in scenes]
 
 
 def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
@@ -266,54 +272,88 @@ def train_vae(args: argparse.Namespace, state: dict[str, Any], log: Logger, ckpt
 
 @torch.no_grad()
 def encode_dataset(args: argparse.Namespace, state: dict[str, Any], log: Logger, ckpt: Path) -> None:
-    """Scaling factor from held-aside scenes; then posterior-mode latents of the cached dataset."""
+    """Scaling factor from held-aside scenes (unless the state has one: ``--init-model``); then the
+    cached dataset (``dataset.py``): posterior-mode latents of ``--n-data`` scenes with their object
+    cells, and ``--n-pairs`` encoded edit pairs."""
     vae = build_vae(args.seed)
     vae.load_state_dict(state["vae"])
     vae.eval()
-    modes = []
-    for k in range(0, 512, 64):
-        images, _ = scene_batch([SCALE_SEED_BASE + k + j for j in range(64)])
-        modes.append(vae.encode(images).latent_dist.mode())
-    std = torch.cat(modes).std().item()
-    scaling = 1.0 / std
-    log(f"latent std {std:.4f} -> scaling_factor {scaling:.4f}")
+    if "scaling_factor" not in state:
+        modes = []
+        for k in range(0, 512, 64):
+            images, _ = scene_batch([SCALE_SEED_BASE + k + j for j in range(64)])
+            modes.append(vae.encode(images).latent_dist.mode())
+        std = torch.cat(modes).std().item()
+        state["scaling_factor"] = 1.0 / std
+        log(f"latent std {std:.4f} -> scaling_factor {state['scaling_factor']:.4f}")
+    scaling = state["scaling_factor"]
     t0 = time.time()
-    latents, captions = [], []
-    for k in range(0, args.n_data, 128):
-        seeds = [DATA_SEED_BASE + k + j for j in range(min(128, args.n_data - k))]
-        images, caps = scene_batch(seeds)
-        latents.append((vae.encode(images).latent_dist.mode() * scaling).half())  # (b, 4, 16, 16)
-        captions.extend(caps)
-    state.update(
-        scaling_factor=scaling,
-        latents=torch.cat(latents),  # (N, 4, 16, 16) float16
-        captions=captions,
-        data_done=True,
-    )
+    chunks = [
+        dataset.encode_scenes(
+            vae,
+            scaling,
+            range(DATA_SEED_BASE + k, DATA_SEED_BASE + min(k + 128, args.n_data)),
+            args.object_probs,
+        )
+        for k in range(0, args.n_data, 128)
+    ]
+    data = dataset.concat(chunks)
+    state.update(latents=data["latents"], captions=data["captions"], objects=data["objects"])
     log(f"encoded {args.n_data} training scenes in {time.time() - t0:.0f} s")
+    if args.n_pairs:
+        t0 = time.time()
+        chunks = [
+            dataset.encode_pairs(
+                vae,
+                scaling,
+                range(PAIR_SEED_BASE + k, PAIR_SEED_BASE + min(k + 128, args.n_pairs)),
+                args.object_probs,
+                args.pair_recolor,
+            )
+            for k in range(0, args.n_pairs, 128)
+        ]
+        state["pairs"] = dataset.concat(chunks)
+        log(f"encoded {args.n_pairs} edit pairs in {time.time() - t0:.0f} s")
+    state["data_done"] = True
     save_state(ckpt, state)
 
 
 def train_diffusion(args: argparse.Namespace, state: dict[str, Any], log: Logger, ckpt: Path) -> None:
-    """Phase 2: UNet + text encoder on the epsilon objective; fills state['unet_ema'] etc."""
+    """Phase 2: UNet + text encoder on the epsilon objective; fills state['unet_ema'] etc.
+
+    Each batch holds ``round(p_pair * batch)`` edit pairs (``dataset.edit_pair_input``, t drawn from
+    [pair_t_min, 1000), never caption-dropped: the unconditional model stays a plain denoiser) and
+    scenes for the rest. With ``object_weight`` w, each latent cell's squared error is weighted
+    1 + w * (fraction of the cell covered by objects), normalised by the batch's total weight.
+    """
     tokenizer, text_encoder, unet = build_diffusion_models(args)
     ema = copy.deepcopy(unet).requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
-    step = 0
-    if "unet" in state:
+    step = state.get("unet_step", 0)
+    if "unet" in state:  # a checkpoint, or --init-model's weights (step 0, no optimiser state)
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["unet_ema"])
         text_encoder.load_state_dict(state["text_encoder"])
-        opt.load_state_dict(state["unet_opt"])
-        step = state["unet_step"]
-        log(f"unet: resumed at step {step}")
+        if "unet_opt" in state:
+            opt.load_state_dict(state["unet_opt"])
+        log(f"unet: resumed at step {step}" if step else "unet: starting from --init-model's weights")
     log(
         f"unet: {num_params(unet) / 1e6:.2f} M params, text encoder {num_params(text_encoder) / 1e6:.2f} M; "
         f"{args.unet_steps} steps at batch {args.batch}"
     )
     latents_all = state["latents"]  # (N, 4, 16, 16) float16
     ids_all = tokenize(tokenizer, state["captions"])  # (N, L)
+    objects_all = state.get("objects")  # (N, 1, 16, 16) float16, cell fraction covered by objects
+    if args.object_weight and objects_all is None:
+        raise SystemExit(
+            "--object-weight needs object cells in the encoded dataset (made before they existed)"
+        )
+    pairs = state.get("pairs")
+    n_pair = round(args.p_pair * args.batch) if pairs else 0
+    if args.p_pair and not pairs:
+        raise SystemExit("--p-pair needs edit pairs in the encoded dataset (--n-pairs when it is encoded)")
+    pair_ids = tokenize(tokenizer, pairs["captions"]) if pairs else None  # (P, L)
     empty_ids = tokenize(tokenizer, [""])  # (1, L)
     acp = alphas_cumprod()
     n = latents_all.shape[0]
@@ -325,20 +365,38 @@ def train_diffusion(args: argparse.Namespace, state: dict[str, Any], log: Logger
     text_encoder.train()
     while step < args.unet_steps:
         gen.manual_seed(args.seed * 1_000_003 + step)  # resumable: one generator state per step
-        idx = torch.randint(0, n, (args.batch,), generator=gen)
-        x0 = latents_all[idx].float()  # (B, 4, 16, 16)
-        ids = ids_all[idx].clone()  # (B, L)
-        drop = torch.rand(args.batch, generator=gen) < args.p_uncond
+        b = args.batch - n_pair  # scenes in this batch
+        idx = torch.randint(0, n, (b,), generator=gen)
+        x0 = latents_all[idx].float()  # (b, 4, 16, 16)
+        ids = ids_all[idx].clone()  # (b, L)
+        drop = torch.rand(b, generator=gen) < args.p_uncond
         ids[drop] = empty_ids
-        t = torch.randint(0, acp.shape[0], (args.batch,), generator=gen)
+        t = torch.randint(0, acp.shape[0], (b,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         a = acp[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = noise
+        cells = objects_all[idx].float() if objects_all is not None else torch.zeros_like(x0[:, :1])
+        if n_pair:
+            pidx = torch.randint(0, len(pair_ids), (n_pair,), generator=gen)
+            pt = torch.randint(args.pair_t_min, acp.shape[0], (n_pair,), generator=gen)
+            pnoise = torch.randn((n_pair, *x0.shape[1:]), generator=gen)
+            pxt, peps = dataset.edit_pair_input(
+                pairs["source"][pidx].float(),
+                pairs["target"][pidx].float(),
+                pairs["region"][pidx].float(),
+                pnoise,
+                acp[pt].view(-1, 1, 1, 1),
+            )
+            xt, target, t = torch.cat([xt, pxt]), torch.cat([target, peps]), torch.cat([t, pt])
+            ids = torch.cat([ids, pair_ids[pidx]])
+            cells = torch.cat([cells, pairs["objects"][pidx].float()])
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.unet_steps, args.unet_lr)
         emb = text_encoder(ids)[0]  # (B, L, D)
         pred = unet(xt, t, encoder_hidden_states=emb).sample
-        loss = F.mse_loss(pred, noise)
+        weight = 1.0 + args.object_weight * cells  # (B, 1, 16, 16)
+        loss = ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[1])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -471,9 +529,53 @@ _VAE_PHASE_KEYS = (
     "scaling_factor",
     "latents",
     "captions",
+    "objects",
+    "pairs",
     "data_done",
 )
 _DECODER_KEYS = ("dec_step", "dec_loss_ema", "dec_opt", "decoder_done")
+
+
+#: Arguments that shape the encoded dataset besides the VAE's and ``n_data``.
+_DATA_ARGS = ("object_probs", "n_pairs", "pair_recolor", "init_model")
+
+
+def init_model(path: Path, args: argparse.Namespace, log: Logger) -> dict[str, Any]:
+    """A fresh state that fine-tunes an exported model (a diffusers directory this script wrote).
+
+    Its VAE (with its scaling factor and any decoder fine-tuning) is kept as it is, so the latent
+    space is the one its UNet learned; the UNet, its EMA and the text encoder start from its weights
+    (the exported UNet is the EMA one); the dataset is encoded afresh by its VAE.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    if not (path / "unet" / "config.json").is_file():
+        raise SystemExit(f"{path}: not a Stable Diffusion directory (no unet/config.json)")
+    vae = AutoencoderKL.from_pretrained(path / "vae")
+    unet = UNet2DConditionModel.from_pretrained(path / "unet")
+    mine = build_diffusion_models(args)[2]
+
+    def layout(config: Any) -> Any:  # JSON's view: tuples and lists alike
+        return json.loads(json.dumps({k: v for k, v in config.items() if not k.startswith("_")}))
+
+    if layout(unet.config) != layout(mine.config):
+        raise SystemExit(f"{path}: its UNet's layout differs from this run's arguments (--attention-at-top)")
+    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
+    log(
+        f"fine-tuning {path}: UNet, text encoder and VAE from there (scaling_factor {vae.config.scaling_factor})"
+    )
+    return {
+        "vae": vae.state_dict(),
+        "vae_done": True,
+        "decoder_done": True,
+        "scaling_factor": float(vae.config.scaling_factor),
+        "unet": unet.state_dict(),
+        "unet_ema": unet.state_dict(),
+        "text_encoder": text_encoder.state_dict(),
+        "cpu_seconds": 0.0,
+        "init_model": str(path),
+    }
 
 
 def init_from(path: Path, args: argparse.Namespace, log: Logger) -> dict[str, Any]:
@@ -493,7 +595,7 @@ def init_from(path: Path, args: argparse.Namespace, log: Logger) -> dict[str, An
         raise SystemExit(
             f"{path}: no recorded arguments there (state['args'] or summary.json) to check against"
         )
-    for key in ("seed", "vae_steps", "vae_batch", "vae_lr", "vae_kl", "n_data"):
+    for key in ("seed", "vae_steps", "vae_batch", "vae_lr", "vae_kl", "n_data", *_DATA_ARGS):
         if key in theirs and theirs[key] != getattr(args, key):
             raise SystemExit(f"{path}: {key}={theirs[key]!r} there, {getattr(args, key)!r} here")
     state = {k: src[k] for k in _VAE_PHASE_KEYS + _DECODER_KEYS if k in src}
@@ -513,6 +615,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--vae-kl", type=float, default=1e-4, help="weight of the per-element KL term")
     p.add_argument("--n-data", type=int, default=30_000, help="cached training scenes for the UNet")
+    p.add_argument(
+        "--object-probs",
+        type=lambda v: tuple(float(x) for x in v.split(",")),
+        default=None,
+        metavar="P1,P2,P3",
+        help="probabilities of 1, 2 and 3 objects in the training scenes and pairs (default: the scenes' own "
+        "draw, scenes.N_OBJECT_PROBS)",
+    )
+    p.add_argument("--n-pairs", type=int, default=0, help="cached edit pairs (scenes.train_edit_pair)")
+    p.add_argument("--pair-recolor", type=float, default=0.5, help="share of recolours among the edit pairs")
+    p.add_argument("--p-pair", type=float, default=0.0, help="share of each batch that is edit pairs")
+    p.add_argument(
+        "--pair-t-min", type=int, default=300, help="edit pairs are trained at t in [pair_t_min, 1000)"
+    )
+    p.add_argument(
+        "--object-weight",
+        type=float,
+        default=0.0,
+        help="loss weight 1 + w * (object cover) per latent cell (0: plain MSE)",
+    )
     p.add_argument("--unet-steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--unet-lr", type=float, default=8e-4)
@@ -533,6 +655,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "another run's train_state/state.pt made with the same VAE and data arguments; the diffusion "
         "phase starts fresh",
     )
+    p.add_argument(
+        "--init-model",
+        metavar="DIR",
+        help="fine-tune a model this script exported (its VAE kept, its UNet and text encoder trained further, "
+        "its tokenizer used); the dataset is encoded afresh with its VAE",
+    )
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--ckpt-every-s", type=float, default=180.0)
     p.add_argument("--resume", action="store_true", help="continue from <out>/train_state/state.pt")
@@ -552,8 +680,12 @@ def main(argv: list[str] | None = None) -> None:
         log(f"resuming from {ckpt}")
     elif ckpt.exists():
         raise SystemExit(f"{ckpt} exists: pass --resume to continue, or remove it")
+    elif args.init_from and args.init_model:
+        raise SystemExit("--init-from and --init-model exclude each other")
     elif args.init_from:
         state = init_from(Path(args.init_from), args, log)
+    elif args.init_model:
+        state = init_model(Path(args.init_model), args, log)
     log(f"args: {vars(args)}")
     state["args"] = {k: v for k, v in vars(args).items() if k != "resume"}
     wall0 = time.time()

@@ -66,3 +66,45 @@ def test_init_from_reuses_phases_1_2_and_checks_arguments(tmp_path: Path) -> Non
     assert cfg_a["down_block_types"][0] == "DownBlock2D" and cfg_a["up_block_types"][-1] == "UpBlock2D"
     assert cfg_b["down_block_types"][0] == "CrossAttnDownBlock2D"
     assert cfg_b["up_block_types"][-1] == "CrossAttnUpBlock2D"
+
+
+def test_init_model_fine_tunes_an_exported_model_on_edit_pairs(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    threads = torch.get_num_threads()
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    v3 = ["--n-pairs", "8", "--p-pair", "0.5", "--object-weight", "2", "--object-probs", "0,0,1"]
+    try:
+        train.main(["--out", str(base), *TINY, "--unet-steps", "1"])
+        with pytest.raises(SystemExit, match="exclude each other"):
+            train.main(["--out", str(tuned), *TINY, "--init-model", str(base), "--init-from", str(base)])
+        with pytest.raises(SystemExit, match="layout differs"):
+            train.main(["--out", str(tuned), *TINY, "--init-model", str(base), "--no-attention-at-top"])
+        train.main(["--out", str(tuned), *TINY, *v3, "--unet-steps", "1", "--init-model", str(base)])
+        train.main(
+            ["--out", str(tuned), *TINY, *v3, "--unet-steps", "2", "--init-model", str(base), "--resume"]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    log = (tuned / "train_state" / "train.log").read_text()
+    assert "unet: starting from --init-model's weights" in log and "unet: resumed at step 1" in log
+    assert "encoded 8 edit pairs" in log and "vae step" not in log
+    state = torch.load(tuned / "train_state" / "state.pt", weights_only=False)
+    assert state["pairs"]["source"].shape == (8, 4, 16, 16) and state["objects"].shape == (16, 1, 16, 16)
+    assert all(c.count(" and ") == 2 for c in state["captions"])  # --object-probs 0,0,1: 3 objects each
+    # The VAE (latent space, scaling factor) and the tokenizer are the base model's; the UNet moved on.
+    from transformers import AutoTokenizer
+
+    assert (tuned / "vae/diffusion_pytorch_model.safetensors").read_bytes() == (
+        base / "vae/diffusion_pytorch_model.safetensors"
+    ).read_bytes()
+    tok0, tok1 = (AutoTokenizer.from_pretrained(d / "tokenizer") for d in (base, tuned))
+    assert tok0.get_vocab() == tok1.get_vocab()
+    assert json.loads((tuned / "vae/config.json").read_text())["scaling_factor"] == pytest.approx(
+        json.loads((base / "vae/config.json").read_text())["scaling_factor"]
+    )
+    u0 = load_file(base / "unet/diffusion_pytorch_model.safetensors")
+    u1 = load_file(tuned / "unet/diffusion_pytorch_model.safetensors")
+    assert u0.keys() == u1.keys() and any(not torch.equal(u0[k], u1[k]) for k in u0)
+    summary = json.loads((tuned / "train_state" / "summary.json").read_text())
+    assert summary["unet_steps"] == 2 and summary["args"]["init_model"] == str(base)

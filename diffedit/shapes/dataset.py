@@ -1,0 +1,123 @@
+"""The diffusion phase's training data: encoded scenes, their object cells, and encoded edit pairs.
+
+Everything here is a pure function of seeds and of the VAE (``train.py`` caches the results in its
+state, so a resumed run trains on the same tensors).
+
+* **Scenes**: ``sample_scene(seed, n_objects=n)`` with the object count drawn from ``object_probs``
+  (``scenes.N_OBJECT_PROBS`` unless asked otherwise), encoded to posterior-mode latents times the
+  scaling factor, with the fraction of each 4x4-pixel latent cell that objects cover (the weight
+  map of ``train.py``'s object-weighted loss).
+* **Edit pairs** (``scenes.train_edit_pair``): a training scene and the same scene with one object
+  recoloured or reshaped, both encoded, the edited caption, and the latent cells the edit touches
+  (any pixel of the object before or after the edit). ``train.py`` builds inputs that show the
+  *source* inside those cells and asks for the noise that leads to the *edited* latent: the model
+  learns to repaint a region under the caption even where the noisy latent still shows the old
+  object, which is what DiffEdit's decoding asks of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffedit.shapes.scenes import N_OBJECT_PROBS, sample_scene, train_edit_pair
+
+#: Pixels per latent cell side (the shapes VAE downsamples by 4).
+CELL = 4
+
+
+def images_tensor(images: Sequence[Any]) -> torch.Tensor:
+    """PIL RGB images to [-1, 1].  # (B, 3, H, W)"""
+    arr = np.stack([np.asarray(im) for im in images])  # (B, H, W, 3) uint8
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def cell_fraction(masks: Sequence[np.ndarray]) -> torch.Tensor:
+    """Fraction of each latent cell covered by each pixel mask.  # (B, 1, H/4, W/4) in [0, 1]"""
+    m = torch.from_numpy(np.stack(masks)).float()[:, None]  # (B, 1, H, W)
+    return F.avg_pool2d(m, CELL)
+
+
+def object_counts(seeds: Sequence[int], object_probs: Sequence[float] | None) -> list[int | None]:
+    """The object count of each training scene: None (the scene's own draw from ``N_OBJECT_PROBS``)
+    unless ``object_probs`` asks for another mix, then a draw seeded by the scene's seed."""
+    if object_probs is None or tuple(object_probs) == N_OBJECT_PROBS:
+        return [None] * len(seeds)
+    p = np.asarray(object_probs, dtype=float)
+    if p.shape != (3,) or (p < 0).any() or abs(p.sum() - 1) > 1e-6:
+        raise ValueError(
+            f"object_probs must be 3 probabilities (1, 2, 3 objects) summing to 1, got {object_probs}"
+        )
+    return [int(np.random.default_rng([s, 13]).choice([1, 2, 3], p=p)) for s in seeds]
+
+
+@torch.no_grad()
+def encode_scenes(
+    vae: Any, scaling: float, seeds: Sequence[int], object_probs: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """Latents, captions and object-cell fractions of the training scenes of ``seeds``."""
+    scenes = [
+        sample_scene(s, n_objects=n) for s, n in zip(seeds, object_counts(seeds, object_probs), strict=True)
+    ]
+    images = images_tensor([s.image for s in scenes])
+    latents = vae.encode(images).latent_dist.mode() * scaling  # (B, 4, 16, 16)
+    objects = [np.logical_or.reduce([o.mask for o in s.objects]) for s in scenes]
+    return {
+        "latents": latents.half(),
+        "captions": [s.caption for s in scenes],
+        "objects": cell_fraction(objects).half(),  # (B, 1, 16, 16)
+    }
+
+
+@torch.no_grad()
+def encode_pairs(
+    vae: Any,
+    scaling: float,
+    seeds: Sequence[int],
+    object_probs: Sequence[float] | None = None,
+    p_recolor: float = 0.5,
+) -> dict[str, Any]:
+    """Source and edited latents, edited captions, edit cells and object cells of ``seeds``' pairs."""
+    counts = object_counts(seeds, object_probs)
+    tasks = [train_edit_pair(s, n_objects=n, p_recolor=p_recolor) for s, n in zip(seeds, counts, strict=True)]
+    src = vae.encode(images_tensor([t.image for t in tasks])).latent_dist.mode() * scaling
+    tgt = vae.encode(images_tensor([t.target_image for t in tasks])).latent_dist.mode() * scaling
+    objects = [np.logical_or.reduce([t.object_mask_after, *(m for *_, m in t.others)]) for t in tasks]
+    return {
+        "source": src.half(),  # (B, 4, 16, 16)
+        "target": tgt.half(),  # (B, 4, 16, 16)
+        "captions": [t.query for t in tasks],
+        "region": (cell_fraction([t.region for t in tasks]) > 0).half(),  # (B, 1, 16, 16): any pixel edited
+        "objects": cell_fraction(objects).half(),  # (B, 1, 16, 16), of the edited scene
+        "kinds": [t.kind for t in tasks],
+    }
+
+
+def concat(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Chunks of ``encode_scenes`` / ``encode_pairs`` joined: tensors concatenated, lists chained."""
+    out: dict[str, Any] = {}
+    for key in parts[0]:
+        vals = [p[key] for p in parts]
+        out[key] = torch.cat(vals) if isinstance(vals[0], torch.Tensor) else [v for vs in vals for v in vs]
+    return out
+
+
+def edit_pair_input(
+    source: torch.Tensor, target: torch.Tensor, region: torch.Tensor, noise: torch.Tensor, a: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noisy input and the epsilon target of edit pairs at cumulative alphas ``a``.
+
+    x_t = sqrt(a) * (R * source + (1 - R) * target) + sqrt(1 - a) * noise: the *source* shows
+    through inside the edit cells R. The target is the epsilon that DDIM's x0-prediction
+    x0 = (x_t - sqrt(1 - a) * eps) / sqrt(a) turns into the *edited* latent:
+    eps* = (x_t - sqrt(a) * target) / sqrt(1 - a) = noise + sqrt(a / (1 - a)) * R * (source - target).
+    Shapes: latents and noise (B, 4, h, w), region (B, 1, h, w), a (B, 1, 1, 1).
+    """
+    x0_shown = region * source + (1 - region) * target
+    xt = a.sqrt() * x0_shown + (1 - a).sqrt() * noise
+    eps = (xt - a.sqrt() * target) / (1 - a).sqrt()
+    return xt, eps
