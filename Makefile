@@ -53,11 +53,11 @@ demo: install
 
 # Issue 3's quality benchmark: >= 200 held-out edit tasks, every method, r in {0.5, 0.7, 0.9}.
 bench-quality: install
-	$(BIN)/python -m benchmarks.quality --model models/shapes-v2 --out out/quality
+	$(BIN)/python -m benchmarks.quality --model models/shapes-v3 --out out/quality
 
 # Issue 5's side-by-side performance benchmark; writes out/perf.json.
 bench-perf: install
-	$(BIN)/python -m benchmarks.perf --model models/shapes-v2 --out out/perf.json
+	$(BIN)/python -m benchmarks.perf --model models/shapes-v3 --out out/perf.json
 
 clean:
 	rm -rf $(VENV) out data .pytest_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Quality benchmark of DiffEdit on held-out edit tasks of the synthetic shapes world.
 
-    python -m benchmarks.quality --model models/shapes-v2 --tasks 200 --ratios 0.5 0.7 0.9 --out out/quality
+    python -m benchmarks.quality --model models/shapes-v3 --tasks 200 --ratios 0.5 0.7 0.9 --out out/quality
 
 Every method edits the same tasks (``diffedit.shapes.scenes.make_edit_tasks``: scene seeds
 >= 1_000_000_000, never used in training) with the same per-task seed (the task's scene seed), at
@@ -922,7 +922,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="models/shapes-v2", help="model directory or URL (load_bundle)")
+    p.add_argument("--model", default="models/shapes-v3", help="model directory or URL (load_bundle)")
     p.add_argument(
         "--tiny",
         action="store_true",

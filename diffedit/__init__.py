@@ -1,7 +1,7 @@
 """DiffEdit (Couairon et al., ICLR 2023, arXiv 2210.11427) on diffusers components. No Ray here.
 
 from diffedit import DiffEditor, EditRequest, load_bundle
-editor = DiffEditor(load_bundle("models/shapes-v2"))
+editor = DiffEditor(load_bundle("models/shapes-v3"))
 result = editor.edit([EditRequest(image, query="a red circle", caption="a blue circle", seed=0)])[0]
 """
 

@@ -1,7 +1,7 @@
 """Does an edit's text reach the model? Token-level checks of a (query, caption) pair.
 
 The text encoder sees at most ``tokenizer.model_max_length`` tokens (77 for Stable Diffusion's CLIP, 24
-for shapes-v2); the rest of a prompt is cut off. When the query and the caption tokenize to the same
+for the shapes models); the rest of a prompt is cut off. When the query and the caption tokenize to the same
 ids after that cut (the changed word lies beyond the limit), both embed identically: the mask is empty
 and the "edit" reproduces the input. ``check_prompts`` says so, and which prompts were cut, for every
 tokenizer of a model (SD has one; SDXL two, and an edit is a no-op only if it is one for both).

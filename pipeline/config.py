@@ -3,7 +3,7 @@
 A job file (``jobs/*.yaml``) has these sections, every one optional except ``input``, ``output`` and
 ``model.source`` (which a preset may supply)::
 
-    presets: [models/shapes-v2, compute/cpu]   # partial job files under configs/, merged in order
+    presets: [models/shapes-v3, compute/cpu]   # partial job files under configs/, merged in order
     name: shapes_recolor
     input:   {paths: [...]}                   # Parquet files, globs or prefixes
     output:  {path: ..., rows_per_file: 64}

@@ -1,7 +1,7 @@
 """Performance benchmark of DiffEdit (issue 5): our ``DiffEditor`` side by side with diffusers' deprecated
 ``StableDiffusionDiffEditPipeline``, the model-bound fraction, the Ray job's throughput, and scaling.
 
-    python -m benchmarks.perf --model models/shapes-v2 --rows 16 --out out/perf.json
+    python -m benchmarks.perf --model models/shapes-v3 --rows 16 --out out/perf.json
 
 Sections (``--sections``; by default compare, batch, size and ray), every one on the same model, rows,
 seeds and parameters:

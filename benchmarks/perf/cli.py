@@ -32,7 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=sys.modules["benchmarks.perf"].__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="models/shapes-v2", help="model directory or URL (load_bundle)")
+    p.add_argument("--model", default="models/shapes-v3", help="model directory or URL (load_bundle)")
     p.add_argument(
         "--tiny", action="store_true", help="a tiny random model saved under the work folder (smoke test)"
     )

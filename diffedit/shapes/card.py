@@ -1,7 +1,7 @@
 """Model-card evidence for a trained shapes model: a grid of samples from captions, checked by the
 deterministic classifier, and the VAE's reconstruction PSNR on held-out scenes.
 
-    python -m diffedit.shapes.card models/shapes-v2    # writes samples.png and sample_check.json
+    python -m diffedit.shapes.card models/shapes-v3    # writes samples.png and sample_check.json
 
 Samples come from ``diffusers.StableDiffusionPipeline.from_pretrained(model_dir)`` (DDIM, 50 steps,
 classifier-free guidance 5), so the check also proves that the directory loads as a pipeline.

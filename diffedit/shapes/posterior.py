@@ -14,12 +14,13 @@ units). The mean half (channels 0..C-1) is not touched, so ``latent_dist.mode()`
 built on it (our DiffEdit, the UNet's training data) stay bit-identical.
 
 ``sigma`` is chosen by measurement (``measure``): the largest std whose decoded posterior samples stay
-within 0.05 dB of the mode's reconstruction PSNR on held-out training-range scenes. On shapes-v2:
+within 0.05 dB of the mode's reconstruction PSNR on held-out training-range scenes. On shapes-v2
+(whose VAE shapes-v3 keeps):
 sigma 0.1 loses 0.8 dB, 0.05 loses 0.2 dB, 0.02 loses 0.03 dB, 0.01 loses 0.01 dB; 0.02 is 1.8 % of
 the mode latents' std (1.10), so a posterior sample is the mode up to noise the decoder cannot show.
 
-    python -m diffedit.shapes.posterior models/shapes-v2 --sigma 0.02   # rewrite the VAE weights
-    python -m diffedit.shapes.posterior models/shapes-v2 --measure-only  # the table above
+    python -m diffedit.shapes.posterior models/shapes-v3 --sigma 0.02   # rewrite the VAE weights
+    python -m diffedit.shapes.posterior models/shapes-v3 --measure-only  # the table above
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Train the embedded default model of the shapes world on CPU: a small latent diffusion model.
 
-Two phases, one process, one thread by default:
+Phases, one process, one thread by default:
 
 1. VAE: ``AutoencoderKL`` with three blocks (stride 4: 64x64x3 images -> 16x16x4 latents), trained on
    fresh scenes with an MSE + L1 reconstruction loss of the posterior mean and a small KL term. Its ``scaling_factor`` is
@@ -10,7 +10,14 @@ Two phases, one process, one thread by default:
 2. Diffusion: ``UNet2DConditionModel`` with cross-attention, jointly with a small ``CLIPTextModel``,
    on the epsilon objective with DDPM noise on Stable Diffusion's scaled_linear schedule
    (beta 0.00085 -> 0.012, 1000 steps). The caption is replaced by the empty prompt 10% of the time
-   (classifier-free guidance). An EMA of the UNet weights is what gets exported.
+   (classifier-free guidance). An EMA of the UNet weights is what gets exported. Optionally
+   (shapes-v3) part of each batch is *edit pairs* (``dataset.edit_pair_input``: the noisy input
+   shows the source object, the target leads to the edited one, under the edited caption), the
+   squared error is weighted towards object cells, and scenes have more objects (``--object-probs``).
+3. Optionally, decoder-only fine-tuning of the VAE (the latent space stays fixed).
+
+``--init-model DIR`` skips phase 1 and fine-tunes an exported model instead (its VAE, scaling
+factor and tokenizer kept; the dataset encoded afresh).
 
 All randomness is seeded; a checkpoint (``<out>/train_state/state.pt``) is written every
 ``--ckpt-every-s`` seconds and at each phase end, and ``--resume`` continues from it. Loss and speed
@@ -18,6 +25,9 @@ go to stdout and ``<out>/train_state/train.log``. The result is a diffusers Stab
 directory (safetensors) that loads with ``StableDiffusionPipeline.from_pretrained(out)``.
 
     python -m diffedit.shapes.train --out out/shapes-v2 --threads 2 --unet-steps 15000 --decoder-steps 2000
+    python -m diffedit.shapes.train --out out/shapes-v3 --threads 2 --init-model models/shapes-v2 \
+        --n-data 40000 --n-pairs 24000 --object-probs 0.25,0.35,0.4 --p-pair 0.25 --object-weight 2 \
+        --unet-lr 3e-4 --unet-steps 9000
 """
 
 from __future__ import annotations

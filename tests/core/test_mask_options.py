@@ -156,7 +156,7 @@ def test_paper_preset_loads_as_a_job_preset(tmp_path):
 
     job = tmp_path / "job.yaml"
     job.write_text(
-        "name: t\npresets: [models/shapes-v2, masks/paper, compute/cpu]\n"
+        "name: t\npresets: [models/shapes-v3, masks/paper, compute/cpu]\n"
         "input: {paths: [data/x]}\noutput: {path: out/x}\n"
     )
     cfg = load_job(job, configs_dir=REPO / "configs")

@@ -140,7 +140,7 @@ def run(
 
 def job_yaml(manifest: Path, out: Path, model: str, compute: str) -> str:
     return (
-        f"name: cluster_demo\npresets: [models/shapes-v2, compute/cpu]\ninput: {{paths: [{manifest}]}}\n"
+        f"name: cluster_demo\npresets: [models/shapes-v3, compute/cpu]\ninput: {{paths: [{manifest}]}}\n"
         f"output: {{path: {out}, rows_per_file: 1}}\nmodel: {{source: {model}}}\n"
         f"params: {{num_inference_steps: {STEPS}, num_mask_draws: 2}}\ncompute: {{{compute}}}\n"
         "failure: {max_failed_fraction: 0.0}\n"
@@ -176,7 +176,7 @@ def main(work: Path) -> None:
             {line.split()[3].rsplit(":", 1)[0] for line in listeners.splitlines()}
         )
 
-        model = str(REPO / "models" / "shapes-v2")
+        model = str(REPO / "models" / "shapes-v3")
         plans = {
             "two_actors": "actors: 2, cpus_per_actor: 1",
             "actor_of_1_5_cpus": "actors: 1, cpus_per_actor: 1.5",
@@ -234,7 +234,7 @@ def main(work: Path) -> None:
                 shutil.copy2(source, target)
         (wd / "jobs" / "cluster_demo.yaml").write_text(
             job_yaml(
-                work / "manifest", work / "out_jobs_api", "models/shapes-v2", "actors: 1, cpus_per_actor: 1"
+                work / "manifest", work / "out_jobs_api", "models/shapes-v3", "actors: 1, cpus_per_actor: 1"
             )
         )
         submit_env = {**env, "RAY_ADDRESS": cluster.jobs_url}

@@ -17,7 +17,7 @@ from pipeline.plan import GIB, ClusterDescription, Node
 def test_demo_job_prepare_run_preview(ray_cluster, tiny_model, tmp_path, monkeypatch):
     """`make demo`'s three commands, from a working directory laid out like the repository."""
     monkeypatch.chdir(tmp_path)
-    shutil.copytree(tiny_model, tmp_path / "models" / "shapes-v2")
+    shutil.copytree(tiny_model, tmp_path / "models" / "shapes-v3")
     runner = CliRunner()
     job = str(REPO / "jobs" / "shapes_recolor.yaml")
 
@@ -33,7 +33,7 @@ def test_demo_job_prepare_run_preview(ray_cluster, tiny_model, tmp_path, monkeyp
     assert "throughput" in result.output and "config hash" in result.output  # the summary table
     table = read_output(tmp_path / "out" / "shapes_recolor")
     assert table.num_rows == 4 and set(table.column("status").to_pylist()) == {"ok"}
-    assert table.column("num_inference_steps").to_pylist() == [50] * 4  # from the shapes-v2 preset
+    assert table.column("num_inference_steps").to_pylist() == [50] * 4  # from the shapes-v3 preset
     assert (tmp_path / "out" / "shapes_recolor" / ".diffedit" / "_SUCCESS").exists()
 
     again = runner.invoke(app, ["run", job])

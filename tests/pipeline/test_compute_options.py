@@ -28,10 +28,10 @@ def _job(tmp_path, model: str, **compute):
 
 def test_defaults_off_and_strict_types(tmp_path):
     assert ComputeConfig().channels_last is False and ComputeConfig().compile_unet is False
-    job = _job(tmp_path, "models/shapes-v2", channels_last=True, compile_unet=False)
+    job = _job(tmp_path, "models/shapes-v3", channels_last=True, compile_unet=False)
     assert job.compute.channels_last is True and job.compute.compile_unet is False
     with pytest.raises(ConfigError, match="channels_last"):
-        _job(tmp_path, "models/shapes-v2", channels_last="yes")
+        _job(tmp_path, "models/shapes-v3", channels_last="yes")
 
 
 def test_model_stage_applies_channels_last(tmp_path):

@@ -130,7 +130,7 @@ def test_hashes(tmp_path):
 
 def test_shipped_jobs_load():
     shapes = load_job(REPO / "jobs" / "shapes_recolor.yaml", env={})
-    assert shapes.model.source == "models/shapes-v2"
+    assert shapes.model.source == "models/shapes-v3"
     assert shapes.compute.device == "cpu" and shapes.compute.max_actors * shapes.compute.cpus_per_actor < 2
     env = {"DATA_BUCKET": "data", "MODEL_BUCKET": "models", "DS": "2024-06-01"}
     coco = load_job(REPO / "jobs" / "coco_recolor.yaml", env=env)
@@ -138,6 +138,6 @@ def test_shipped_jobs_load():
     assert coco.compute.device == "cuda" and coco.compute.gpus_per_actor == 1
     assert coco.images.allow == ("s3://data/coco/",)
     presets = sorted((REPO / "configs").rglob("*.yaml"))
-    assert {p.stem for p in presets} >= {"cpu", "gpu", "sd15", "sd21", "shapes-v2"}
+    assert {p.stem for p in presets} >= {"cpu", "gpu", "sd15", "sd21", "shapes-v3"}
     for preset in presets:  # every preset is itself a valid partial job
         check_document(_read_yaml(preset), str(preset), allow_presets=False)

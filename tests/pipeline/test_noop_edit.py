@@ -18,7 +18,7 @@ from pipeline.config import ImagesConfig, StorageConfig, build_job
 from pipeline.stages import edit_rows, fetch_rows
 from pipeline.validate import check_texts
 
-SHAPES = REPO / "models" / "shapes-v2"
+SHAPES = REPO / "models" / "shapes-v3"
 PAD = "a big scene with many things " * 6  # far more than 24 tokens
 
 

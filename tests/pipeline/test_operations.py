@@ -41,10 +41,10 @@ def cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) ->
 
 
 def make_checkout(root: Path, model: Path, rows: int = ROWS) -> Path:
-    """A directory laid out like the repository: jobs/, the model at models/shapes-v2, a manifest."""
+    """A directory laid out like the repository: jobs/, the model at models/shapes-v3, a manifest."""
     root.mkdir(parents=True)
     shutil.copytree(REPO / "jobs", root / "jobs")
-    shutil.copytree(model, root / "models" / "shapes-v2")
+    shutil.copytree(model, root / "models" / "shapes-v3")
     result = CliRunner().invoke(app, ["prepare", "shapes", "--out", str(root / "data" / "shapes_manifest"),
                                       "--rows", str(rows)])  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -180,19 +180,19 @@ def test_validate_agrees_with_run_on_a_finished_output(finished, monkeypatch):
 
 def test_the_model_column_shows_the_source_as_written(finished):
     table = read_output(finished / "out" / "shapes_recolor")
-    assert table.column("model").to_pylist() == ["models/shapes-v2"] * ROWS
+    assert table.column("model").to_pylist() == ["models/shapes-v3"] * ROWS
     summary = json.loads((finished / "out" / "shapes_recolor" / O.SUMMARY_FILE).read_text())
-    assert summary["model"] == "models/shapes-v2"
+    assert summary["model"] == "models/shapes-v3"
 
 
 def test_another_checkout_with_the_model_moved_resumes_the_same_output(finished, tmp_path, monkeypatch):
     """Redeploy to another directory, move the model, point at the first checkout's output: no-op."""
     other = tmp_path / "redeployed"
     shutil.copytree(finished, other, ignore=shutil.ignore_patterns("out"))
-    (other / "models" / "shapes-v2").rename(other / "models" / "moved")
+    (other / "models" / "shapes-v3").rename(other / "models" / "moved")
     out = finished / "out" / "shapes_recolor"
     (other / "jobs" / "moved.yaml").write_text(
-        "name: shapes_recolor\npresets: [models/shapes-v2, compute/cpu]\n"
+        "name: shapes_recolor\npresets: [models/shapes-v3, compute/cpu]\n"
         "input: {paths: [data/shapes_manifest]}\n"
         f"output: {{path: '{out}', rows_per_file: 8}}\nmodel: {{source: models/moved}}\n"
         "failure: {max_failed_fraction: 0.0}\n"
@@ -267,19 +267,19 @@ def test_run_refuses_a_missing_model_before_starting_ray_or_writing(tmp_path):
         errors = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(errors) == 1, result.stderr  # one clear line, no traceback
         assert errors[0].startswith("error: config: ") and "model.source" in errors[0]
-        assert f"{root}/models/shapes-v2: no such directory" in errors[0]
+        assert f"{root}/models/shapes-v3: no such directory" in errors[0]
         assert "hf://org/name" in errors[0]  # how a hub repository is written instead
         assert "Ray" not in result.stderr
     assert not (root / "out").exists()  # nothing written to the output
 
 
 def test_a_relative_model_path_is_never_taken_as_a_hub_id(tiny_model, tmp_path, monkeypatch):
-    """models/shapes-v2 has the form of a hub id (org/name): from another directory it is a missing
+    """models/shapes-v3 has the form of a hub id (org/name): from another directory it is a missing
     directory (exit 2), never a hub download."""
     checkout = make_checkout(tmp_path / "checkout", tiny_model, rows=2)
     job = checkout / "jobs" / "absolute_io.yaml"
     job.write_text(
-        "presets: [models/shapes-v2, compute/cpu]\n"
+        "presets: [models/shapes-v3, compute/cpu]\n"
         f"input: {{paths: ['{checkout / 'data' / 'shapes_manifest'}']}}\noutput: {{path: '{checkout / 'out'}'}}\n"
     )
     elsewhere = tmp_path / "elsewhere"
@@ -288,7 +288,7 @@ def test_a_relative_model_path_is_never_taken_as_a_hub_id(tiny_model, tmp_path, 
     for command in ("validate", "run"):
         result = CliRunner().invoke(app, [command, str(job)])
         assert result.exit_code == 2, result.output
-        assert f"{elsewhere}/models/shapes-v2: no such directory" in result.output
+        assert f"{elsewhere}/models/shapes-v3: no such directory" in result.output
     monkeypatch.chdir(checkout)
     assert CliRunner().invoke(app, ["validate", str(job)]).exit_code == 0
 
@@ -497,7 +497,7 @@ def test_the_installed_wheel_validates_the_demo_job(tmp_path):
 
     checkout = tmp_path / "checkout"
     shutil.copytree(REPO / "jobs", checkout / "jobs")
-    shutil.copytree(REPO / "models" / "shapes-v2", checkout / "models" / "shapes-v2")
+    shutil.copytree(REPO / "models" / "shapes-v3", checkout / "models" / "shapes-v3")
     exe = str(venv / "bin" / "diffedit-batch")
 
     def run(*args: str) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""The committed shapes model (models/shapes-v2) loads as a diffusers Stable Diffusion pipeline."""
+"""The committed shapes model (models/shapes-v3) loads as a diffusers Stable Diffusion pipeline."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-MODEL = Path(__file__).resolve().parents[2] / "models" / "shapes-v2"
+MODEL = Path(__file__).resolve().parents[2] / "models" / "shapes-v3"
 
 
 @pytest.fixture(scope="module")
