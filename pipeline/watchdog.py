@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _thread
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -123,9 +124,11 @@ class Watchdog:
         self._stopped = False
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="diffedit-watchdog", daemon=True)
+        self._sigint_before: Any = None  # SIGINT's disposition before start(), when start() replaced it
 
     def start(self) -> Watchdog:
         if self.compute.actor_startup_timeout_s > 0 or self.compute.progress_timeout_s > 0:
+            self._handle_sigint()
             self._thread.start()
         return self
 
@@ -133,6 +136,25 @@ class Watchdog:
         with self._lock:
             self._stopped = True
         self._wake.set()
+        if self._sigint_before is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._sigint_before)
+            self._sigint_before = None
+
+    def _handle_sigint(self) -> None:
+        """``interrupt_main`` does nothing while SIGINT is ignored or left to the OS, and a process
+        started in the background by a shell without job control (``nohup cmd &`` in a script, some
+        schedulers) inherits SIGINT ignored: a stalled run would then wait for ever. Python's own
+        handler is installed for the run (from the main thread), and the old one restored by ``stop``."""
+        self._sigint_before = None
+        if (
+            self.interrupt is not _thread.interrupt_main
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            return
+        before = signal.getsignal(signal.SIGINT)
+        if before in (signal.SIG_IGN, signal.SIG_DFL):
+            self._sigint_before = before
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _loop(self) -> None:
         started = self.clock()

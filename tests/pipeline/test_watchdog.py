@@ -96,3 +96,21 @@ def test_resources_that_never_come_end_the_run_with_exit_1(ray_cluster, tiny_mod
     job.write_text(job.read_text().replace("actor_startup_timeout_s: 8", "actor_startup_timeout_s: 600"))
     again = CliRunner().invoke(app, ["run", str(job)])
     assert again.exit_code == 0, again.output
+
+
+def test_the_interrupt_works_when_sigint_was_ignored():
+    """A run started in the background by a shell without job control (``nohup cmd &`` in a script)
+    inherits SIGINT ignored, and ``interrupt_main`` then does nothing: a stalled run waited for ever.
+    The watchdog installs Python's handler for the run and puts the old disposition back on stop."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        compute = ComputeConfig(actor_startup_timeout_s=0.5, progress_timeout_s=100)
+        dog = Watchdog(compute, lambda: (0, 0), poll_s=0.05)
+        took = _wait_interrupted(dog, 10)
+        assert 0.5 <= took < 3 and dog.reason is not None
+        dog.stop()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
