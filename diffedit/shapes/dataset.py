@@ -42,6 +42,11 @@ def cell_fraction(masks: Sequence[np.ndarray]) -> torch.Tensor:
     return F.avg_pool2d(m, CELL)
 
 
+def mode_latents(vae: Any, scaling: float, images: Sequence[Any]) -> torch.Tensor:
+    """Posterior-mode latents of PIL images times the scaling factor, as DiffEdit encodes.  # (B, 4, h, w)"""
+    return vae.encode(images_tensor(images)).latent_dist.mode() * scaling
+
+
 def object_counts(seeds: Sequence[int], object_probs: Sequence[float] | None) -> list[int | None]:
     """The object count of each training scene: None (the scene's own draw from ``N_OBJECT_PROBS``)
     unless ``object_probs`` asks for another mix, then a draw seeded by the scene's seed."""
@@ -63,8 +68,7 @@ def encode_scenes(
     scenes = [
         sample_scene(s, n_objects=n) for s, n in zip(seeds, object_counts(seeds, object_probs), strict=True)
     ]
-    images = images_tensor([s.image for s in scenes])
-    latents = vae.encode(images).latent_dist.mode() * scaling  # (B, 4, 16, 16)
+    latents = mode_latents(vae, scaling, [s.image for s in scenes])  # (B, 4, 16, 16)
     objects = [np.logical_or.reduce([o.mask for o in s.objects]) for s in scenes]
     return {
         "latents": latents.half(),
@@ -84,8 +88,8 @@ def encode_pairs(
     """Source and edited latents, edited captions, edit cells and object cells of ``seeds``' pairs."""
     counts = object_counts(seeds, object_probs)
     tasks = [train_edit_pair(s, n_objects=n, p_recolor=p_recolor) for s, n in zip(seeds, counts, strict=True)]
-    src = vae.encode(images_tensor([t.image for t in tasks])).latent_dist.mode() * scaling
-    tgt = vae.encode(images_tensor([t.target_image for t in tasks])).latent_dist.mode() * scaling
+    src = mode_latents(vae, scaling, [t.image for t in tasks])
+    tgt = mode_latents(vae, scaling, [t.target_image for t in tasks])
     objects = [np.logical_or.reduce([t.object_mask_after, *(m for *_, m in t.others)]) for t in tasks]
     return {
         "source": src.half(),  # (B, 4, 16, 16)
@@ -95,6 +99,12 @@ def encode_pairs(
         "objects": cell_fraction(objects).half(),  # (B, 1, 16, 16), of the edited scene
         "kinds": [t.kind for t in tasks],
     }
+
+
+def encode_chunked(encode: Any, seeds: range, chunk: int = 128, **kwargs: Any) -> dict[str, Any]:
+    """``encode(vae, scaling, seeds, ...)`` (``encode_scenes`` / ``encode_pairs``, with ``vae`` and
+    ``scaling`` among ``kwargs``) over ``seeds`` in chunks of ``chunk``, joined by ``concat``."""
+    return concat([encode(seeds=seeds[k : k + chunk], **kwargs) for k in range(0, len(seeds), chunk)])
 
 
 def concat(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:

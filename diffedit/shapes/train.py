@@ -298,31 +298,25 @@ def encode_dataset(args: argparse.Namespace, state: dict[str, Any], log: Logger,
         log(f"latent std {std:.4f} -> scaling_factor {state['scaling_factor']:.4f}")
     scaling = state["scaling_factor"]
     t0 = time.time()
-    chunks = [
-        dataset.encode_scenes(
-            vae,
-            scaling,
-            range(DATA_SEED_BASE + k, DATA_SEED_BASE + min(k + 128, args.n_data)),
-            args.object_probs,
-        )
-        for k in range(0, args.n_data, 128)
-    ]
-    data = dataset.concat(chunks)
+    data = dataset.encode_chunked(
+        dataset.encode_scenes,
+        range(DATA_SEED_BASE, DATA_SEED_BASE + args.n_data),
+        vae=vae,
+        scaling=scaling,
+        object_probs=args.object_probs,
+    )
     state.update(latents=data["latents"], captions=data["captions"], objects=data["objects"])
     log(f"encoded {args.n_data} training scenes in {time.time() - t0:.0f} s")
     if args.n_pairs:
         t0 = time.time()
-        chunks = [
-            dataset.encode_pairs(
-                vae,
-                scaling,
-                range(PAIR_SEED_BASE + k, PAIR_SEED_BASE + min(k + 128, args.n_pairs)),
-                args.object_probs,
-                args.pair_recolor,
-            )
-            for k in range(0, args.n_pairs, 128)
-        ]
-        state["pairs"] = dataset.concat(chunks)
+        state["pairs"] = dataset.encode_chunked(
+            dataset.encode_pairs,
+            range(PAIR_SEED_BASE, PAIR_SEED_BASE + args.n_pairs),
+            vae=vae,
+            scaling=scaling,
+            object_probs=args.object_probs,
+            p_recolor=args.pair_recolor,
+        )
         log(f"encoded {args.n_pairs} edit pairs in {time.time() - t0:.0f} s")
     state["data_done"] = True
     save_state(ckpt, state)
