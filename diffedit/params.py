@@ -28,7 +28,7 @@ class EditParams:
     num_mask_draws: int = 10  # n noise draws per mask; the paper uses n = 10
     mask_strength: float = 0.5  # noise strength of the draws, in (0, 1]; the paper: 50%, "≤ 0.6 works best"
     mask_threshold: float = 0.4  # binarisation threshold on the [0, 1] map. The paper: 0.5 (PAPER_MASK);
-    #   0.4 won the mask study on models/shapes-v3 (benchmarks/quality_masks.py --edit, 100 tuning tasks,
+    #   0.4 won the mask study on models/shapes-v3 (benchmarks.quality.masks --edit, 100 tuning tasks,
     #   r 0.7) by the rule "best success with background within 1 dB of the paper's": 0.90 vs 0.82,
     #   -0.55 dB (0.3: 0.90 but -1.20 dB; smoothing 1 + fill holes: 0.88, -0.86 dB)
     mask_clip_quantile: float = 0.99  # "remove extreme values": clip the map at this per-image quantile

@@ -176,7 +176,8 @@ def run_quality(
     log: Any = print,
 ) -> dict[str, Any]:
     """The quality benchmark's tasks and scoring, ours per variant; deltas against the first variant."""
-    from benchmarks.quality import run_ours, score_run
+    from benchmarks.quality.methods import run_ours
+    from benchmarks.quality.scoring import score_run
     from diffedit.editor import DiffEditor
     from diffedit.shapes.scenes import make_edit_tasks
 

@@ -108,6 +108,10 @@ class EditTask:
     n_objects: int = 1  # objects in the scene
     others: tuple[tuple[str, str, np.ndarray], ...] = field(default=(), repr=False)  # every other
     #   object as (colour, shape, (H, W) bool visible pixels in ``target_image``): what a clean edit keeps
+    object_geometry: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # the edited object's
+    #   centre x, centre y and half-size (pixels): where any of its shapes would be drawn
+    occluder: np.ndarray | None = field(default=None, repr=False)  # (H, W) bool: the full footprints of
+    #   the objects drawn after the edited one (what hides part of it, whatever its shape)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -319,6 +323,8 @@ def edit_task(scene: Scene, index: int, kind: str, rng: np.random.Generator) -> 
         target_image=target_image,
         n_objects=len(scene.objects),
         others=tuple((o.colour, o.shape, visible[j]) for j, o in enumerate(scene.objects) if j != index),
+        object_geometry=(obj.cx, obj.cy, obj.radius),
+        occluder=np.logical_or.reduce([np.zeros_like(after), *full[index + 1 :]]),
     )
 
 
@@ -342,7 +348,9 @@ def make_edit_tasks(
     Each task edits one object of a fresh held-out scene (scene seeds from ``eval_scene_seed``):
     recolour it (same shape, another colour) or reshape it (same colour, same centre and size,
     another shape). Tasks whose query would name two identical objects, or whose new object would
-    be mostly hidden, are skipped; so are scenes with more than ``max_objects`` objects. The scene
+    be mostly hidden, are skipped; so are tasks whose object touches another of the same colour
+    (``same_colour_contact``: the edit cannot be told apart) and scenes with more than ``max_objects``
+    objects. The scene
     of a task is ``sample_scene(task.seed, size)``, or with ``n_objects`` (1-3, a forced count, e.g.
     the benchmark's 3-object slice) ``sample_scene(task.seed, size, n_objects)``.
     """
@@ -355,11 +363,45 @@ def make_edit_tasks(
         scene = sample_scene(scene_seed, size, n_objects)  # exactly the scene of sample_scene(seed)
         if len(scene.objects) > max_objects:
             continue
-        rng = np.random.default_rng([scene_seed, 7])
-        task = edit_task(scene, int(rng.integers(len(scene.objects))), kind, rng)
-        if task is not None:
+        task = _held_out_task(scene, kind)
+        if task is not None and not same_colour_contact(task):
             tasks.append(task)
     return tasks
+
+
+def _held_out_task(scene: Scene, kind: str) -> EditTask | None:
+    """The edit ``make_edit_tasks`` draws for ``scene`` (object and target from ``[seed, 7]``)."""
+    rng = np.random.default_rng([scene.seed, 7])
+    return edit_task(scene, int(rng.integers(len(scene.objects))), kind, rng)
+
+
+def same_colour_contact(task: EditTask) -> bool:
+    """Whether the edited object, before or after the edit, touches (within 1 px) another object of
+    the same colour: the two merge into one patch of colour, and no one, person or judge, can tell
+    which shape the edit gave it. ``make_edit_tasks`` leaves such tasks out."""
+    mine = task.object_mask_before | task.object_mask_after  # (H, W)
+    grown = mine.copy()
+    grown[1:] |= mine[:-1]
+    grown[:-1] |= mine[1:]
+    grown[:, 1:] |= mine[:, :-1]
+    grown[:, :-1] |= mine[:, 1:]
+    colours = {task.source_colour, task.target_colour}
+    return any(colour in colours and (grown & mask).any() for colour, _shape, mask in task.others)
+
+
+def task_from_id(task_id: str, size: int = 64) -> EditTask:
+    """The held-out task ``make_edit_tasks`` made with id ``task_id`` ("shapes-<seed>-<kind>-<index>")
+    at ``size``: its scene, object and target again (scenes drawn with their own object count)."""
+    parts = task_id.split("-")
+    if len(parts) != 4 or parts[0] != "shapes" or not parts[1].isdigit() or not parts[3].isdigit():
+        raise ValueError(f"{task_id!r} is not a shapes task id (shapes-<seed>-<kind>-<index>)")
+    seed, kind = int(parts[1]), parts[2]
+    if kind not in ("recolor", "reshape"):
+        raise ValueError(f"{task_id!r}: unknown edit kind {kind!r}")
+    task = _held_out_task(sample_scene(seed, size), kind)
+    if task is None or task.id != task_id:
+        raise ValueError(f"{task_id!r} is not a task of make_edit_tasks (its scene draws another edit)")
+    return task
 
 
 def train_edit_pair(

@@ -1,6 +1,6 @@
 """Mask study on ground truth: how mask construction options change mask IoU (no decoding).
 
-    python -m benchmarks.quality_masks --model models/shapes-v3 --tasks 200 --seed 1 --out out/mask_study
+    python -m benchmarks.quality.masks --model models/shapes-v3 --tasks 200 --seed 1 --out out/mask_study
 
 For every task, the raw maps of step 1 are computed once with the editor's own inputs (the posterior
 mode latent, the row's ``stage_generator(seed, "mask")`` draws, the mask timestep of ``--steps`` DDIM
@@ -205,9 +205,10 @@ def edit_candidates(
     names: Sequence[str],
     log: Any = print,
 ) -> list[dict[str, Any]]:
-    """Full edits (``benchmarks.quality.run_ours``, variant "diffedit") for each candidate of
+    """Full edits (``benchmarks.quality.methods.run_ours``, variant "diffedit") for each candidate of
     ``CANDIDATES``: its summary row (IoU, success, clean success, background PSNR, by kind)."""
-    from benchmarks.quality import run_ours, score_run, summarise
+    from benchmarks.quality.methods import run_ours
+    from benchmarks.quality.scoring import score_run, summarise
     from diffedit.editor import DiffEditor
 
     editor = DiffEditor(bundle, max_batch=64)
@@ -226,7 +227,7 @@ def edit_candidates(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.quality_masks", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality.masks", description=__doc__)
     p.add_argument("--model", default="models/shapes-v3")
     p.add_argument("--tasks", type=int, default=200)
     p.add_argument("--seed", type=int, default=1, help="task stream (the benchmark's held-out set is 0)")
@@ -244,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bundle = load_bundle(args.model)
     tasks = make_edit_tasks(args.seed, args.tasks)
     if args.edit is not None:
-        from benchmarks.quality import SUMMARY_COLUMNS, write_csv
+        from benchmarks.quality.report import write_csv
+        from benchmarks.quality.scoring import SUMMARY_COLUMNS
 
         rows = edit_candidates(bundle, tasks, args.ratio, args.steps, args.edit or list(CANDIDATES))
         write_csv(Path(args.out) / "candidates.csv", rows, ("candidate", *SUMMARY_COLUMNS))

@@ -180,19 +180,21 @@ def tune(
 
 
 def _judge(images: Sequence[Image.Image], tasks: Sequence[EditTask]) -> tuple[float, float, float]:
-    from benchmarks.quality import background_psnr, judge_clean, judge_edit
+    """(strict success, strict clean success, background PSNR) of ``images`` as edits of ``tasks``."""
+    from benchmarks.quality.metrics import background_psnr
+    from diffedit.shapes.judge import judge
 
-    ok, clean, psnr = [], [], []
-    for img, t in zip(images, tasks, strict=True):
-        success = judge_edit(img, t.region, t.kind, t.target_colour, t.target_shape)[2]
-        ok.append(success)
-        clean.append(judge_clean(img, t, success)[1])
-        psnr.append(background_psnr(img, t.image, t.region))
-    return float(np.mean(ok)), float(np.mean(clean)), float(np.mean(psnr))
+    verdicts = [judge(t, img) for img, t in zip(images, tasks, strict=True)]
+    psnr = [background_psnr(img, t.image, t.region) for img, t in zip(images, tasks, strict=True)]
+    return (
+        float(np.mean([v.success for v in verdicts])),
+        float(np.mean([v.clean for v in verdicts])),
+        float(np.mean(psnr)),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Tune LEDITS++ on tasks outside the held-out set: python -m benchmarks.quality_ledits --tasks 40."""
+    """Tune LEDITS++ on tasks outside the held-out set: python -m benchmarks.quality.ledits --tasks 40."""
     import argparse
     import csv
     from pathlib import Path
@@ -200,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from diffedit.loading import load_bundle
     from diffedit.shapes.scenes import make_edit_tasks
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.quality_ledits", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality.ledits", description=main.__doc__)
     p.add_argument("--model", default="models/shapes-v3")
     p.add_argument("--tasks", type=int, default=40)
     p.add_argument("--seed", type=int, default=1, help="task stream (the benchmark's held-out set is 0)")
