@@ -221,7 +221,8 @@ def preview(
     verbose: bool = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
-    """Render a contact sheet (input | mask | edit) of some output rows."""
+    """Render a contact sheet (input | mask | edit) of some output rows, with caption, query and, for
+    rows of the shapes world, the strict judge's verdict."""
     _command_logging(verbose, quiet)
     from pipeline.preview import render_preview
 
@@ -229,7 +230,12 @@ def preview(
         shown = render_preview(output, out, _storage(endpoint_url, region, anonymous), rows=rows, cell=cell)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(ExitCode.INPUT, str(exc)) from None
-    typer.echo(f"wrote {out} ({shown} rows)")
+    judged = (
+        f"; strict judge: {shown.success} of {shown.judged} succeeded, {shown.clean} clean"
+        if shown.judged
+        else ""
+    )
+    typer.echo(f"wrote {out} ({shown.rows} rows{judged})")
 
 
 @prepare_app.command("shapes")

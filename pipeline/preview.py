@@ -1,10 +1,14 @@
-"""``diffedit-batch preview``: a PNG contact sheet (input | mask | edit) of some output rows."""
+"""``diffedit-batch preview``: a PNG contact sheet (input | mask | edit) of some output rows, each with
+its caption (R) and query (Q), and, for rows of the shapes world, the strict judge's verdict
+(``diffedit.shapes.judge``: the row's id names a held-out task whose ground truth is known)."""
 
 from __future__ import annotations
 
 import io
 import textwrap
+from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import output as O
@@ -45,11 +49,58 @@ def read_rows(output: str, storage: StorageConfig, rows: int, include_failed: bo
     return sorted(chosen, key=lambda r: (r["status"] != R.OK, r["id"]))
 
 
-def contact_sheet(rows: list[dict], cell: int = 160) -> Image.Image:
-    """A grid: one line per row, columns input | mask | edit, captioned with id, query and mask area
-    (or the error of a failed row)."""
+@dataclass(frozen=True)
+class Verdict:
+    """The strict judge on one output row of the shapes world."""
+
+    success: bool
+    clean: bool
+    reason: str  # the first failed check, "" when clean
+
+    @property
+    def text(self) -> str:
+        if self.clean:
+            return "judge: success, clean"
+        return f"judge: {'success, not clean' if self.success else 'FAILED'} ({self.reason})"
+
+
+def _image(value: dict | None) -> Image.Image | None:
+    return Image.open(io.BytesIO(value["bytes"])).convert("RGB") if value and value.get("bytes") else None
+
+
+def shapes_verdict(row: dict) -> Verdict | None:
+    """The strict judge's verdict on an ok row whose id names a held-out shapes task
+    (``scenes.task_from_id``) with the row's caption, query and input pixels; None for any other row."""
+    from diffedit.shapes.judge import judge
+    from diffedit.shapes.scenes import task_from_id
+
+    source, edit = _image(row.get("input_image")), _image(row.get("edited_image"))
+    if (
+        row.get("status") != R.OK
+        or source is None
+        or edit is None
+        or not str(row["id"]).startswith("shapes-")
+    ):
+        return None
+    try:
+        task = task_from_id(row["id"], size=source.height)
+    except ValueError:
+        return None
+    same = (task.caption, task.query) == (row.get("caption") or "", row.get("query"))
+    if not same or not np.array_equal(np.asarray(task.image.convert("RGB")), np.asarray(source)):
+        return None
+    verdict = judge(task, edit)
+    return Verdict(verdict.success, verdict.clean, verdict.reason)
+
+
+def contact_sheet(
+    rows: list[dict], cell: int = 160, verdicts: list[Verdict | None] | None = None
+) -> Image.Image:
+    """A grid: one line per row, columns input | mask | edit, captioned with id, mask area, caption,
+    query and the judge's verdict where there is one (or the error of a failed row)."""
     font = ImageFont.load_default(size=max(10, cell // 13))
-    label_h = cell // 2
+    verdicts = verdicts or [None] * len(rows)
+    label_h = cell // 2 + 2 * (max(10, cell // 13) + 2)
     header_h = cell // 6
     width, height = 3 * cell + 4 * 4, header_h + len(rows) * (cell + label_h + 4) + 4
     sheet = Image.new("RGB", (width, max(height, header_h + 8)), "white")
@@ -57,12 +108,11 @@ def contact_sheet(rows: list[dict], cell: int = 160) -> Image.Image:
     for i, title in enumerate(("input", "mask", "edit")):
         draw.text((4 + i * (cell + 4), 2), title, fill="black", font=font)
     y = header_h
-    for row in rows:
+    for row, verdict in zip(rows, verdicts, strict=True):
         for i, column in enumerate(("input_image", "mask", "edited_image")):
             x = 4 + i * (cell + 4)
-            value = row.get(column)
-            if value and value.get("bytes"):
-                image = Image.open(io.BytesIO(value["bytes"])).convert("RGB")
+            image = _image(row.get(column))
+            if image is not None:
                 image.thumbnail(
                     (cell, cell),
                     Image.Resampling.NEAREST if max(image.size) < cell else Image.Resampling.LANCZOS,
@@ -76,7 +126,11 @@ def contact_sheet(rows: list[dict], cell: int = 160) -> Image.Image:
             else:
                 draw.rectangle([x, y, x + cell - 1, y + cell - 1], outline="grey", fill=(240, 240, 240))
         if row["status"] == R.OK:
-            text = f"{row['id']}  mask {row['mask_area']:.0%}\nQ: {row['query']}"
+            text = (
+                f"{row['id']}  mask {row['mask_area']:.0%}\nR: {row.get('caption') or ''}\nQ: {row['query']}"
+            )
+            if verdict is not None:
+                text += f"\n{verdict.text}"
         else:
             text = f"{row['id']}  FAILED\n{row['error']}"
         lines = []
@@ -84,20 +138,31 @@ def contact_sheet(rows: list[dict], cell: int = 160) -> Image.Image:
             lines += textwrap.wrap(
                 part, width=max(20, (3 * cell) // max(6, int(getattr(font, "size", 10)) // 2 + 1))
             ) or [""]
-        draw.multiline_text(
-            (4, y + cell + 2),
-            "\n".join(lines[:3]),
-            fill="black" if row["status"] == R.OK else "red",
-            font=font,
-        )
+        colour = "black" if row["status"] == R.OK else "red"
+        if verdict is not None:
+            colour = "darkgreen" if verdict.clean else ("darkorange" if verdict.success else "red")
+        draw.multiline_text((4, y + cell + 2), "\n".join(lines[:6]), fill=colour, font=font)
         y += cell + label_h + 4
     return sheet
 
 
-def render_preview(output: str, out_png: str, storage: StorageConfig, rows: int = 8, cell: int = 160) -> int:
-    """Write the contact sheet of ``output`` to ``out_png`` (local or remote); the number of rows shown."""
+@dataclass(frozen=True)
+class Preview:
+    """What ``render_preview`` showed: rows, and of them the judged ones and their verdicts."""
+
+    rows: int
+    judged: int
+    success: int
+    clean: int
+
+
+def render_preview(
+    output: str, out_png: str, storage: StorageConfig, rows: int = 8, cell: int = 160
+) -> Preview:
+    """Write the contact sheet of ``output`` to ``out_png`` (local or remote)."""
     chosen = read_rows(output, storage, rows)
-    sheet = contact_sheet(chosen, cell=cell)
+    verdicts = [shapes_verdict(row) for row in chosen]
+    sheet = contact_sheet(chosen, cell=cell, verdicts=verdicts)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     fs, path = filesystem(out_png, storage)
@@ -106,4 +171,5 @@ def render_preview(output: str, out_png: str, storage: StorageConfig, rows: int 
         fs.makedirs(parent, exist_ok=True)
     with fs.open(path, "wb") as f:
         f.write(buffer.getvalue())
-    return len(chosen)
+    judged = [v for v in verdicts if v is not None]
+    return Preview(len(chosen), len(judged), sum(v.success for v in judged), sum(v.clean for v in judged))

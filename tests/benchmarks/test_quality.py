@@ -234,20 +234,21 @@ def test_unknown_method_is_refused():
 
 #: The in-suite slice: 16 held-out recolour tasks (stream 0: 1, 2 and 3-object scenes) and 8 forced
 #: 3-object recolour tasks (stream 1000, the benchmark's 3-object slice), r = 0.7, 25 DDIM steps (the
-#: benchmark's), ours at its defaults otherwise. Measured on models/shapes-v3 (CPU, torch 1 thread):
-#: mask IoU 0.622, edit success 0.958 (23/24), clean success 0.917 (22/24), 3-object recolours 1.000
-#: (8/8), background PSNR 26.74 dB (the 3-object scenes pull it down), about 20 s of CPU. On shapes-v2
-#: the same slice gave 0.500, 0.542, 0.458, 0.500 and 26.35 dB. The thresholds sit a little below, so
-#: that a regression fails while float noise across machines (a mask pixel or an edit flipping) does not.
+#: benchmark's), ours at its defaults otherwise, judged by the strict judge. Measured on models/shapes-v3
+#: (CPU, float32, torch 1 thread): mask IoU 0.659, strict success 8/24, strict clean 6/24, 3-object
+#: recolours 4/8, background PSNR 26.86 dB (the 3-object scenes pull it down), about 20 s of CPU. On
+#: shapes-v2 the same slice gives 0.587, 3/24, 3/24, 2/8 and 27.20 dB: every threshold but the
+#: background's fails it. The thresholds sit one or two edits below v3's, so that a regression fails
+#: while float noise across machines (a mask pixel or an edit flipping) does not.
 SLICE_TASKS = 16
 SLICE_THREE_OBJECT_TASKS = 8
 SLICE_RATIO = 0.7
 SLICE_STEPS = 25
-SLICE_MIN_IOU = 0.58
-SLICE_MIN_SUCCESS = 0.83  # 20 of 24
-SLICE_MIN_CLEAN = 0.79  # 19 of 24
-SLICE_MIN_THREE_OBJECT_SUCCESS = 0.75  # 6 of 8
-SLICE_MIN_BG_PSNR = 26.0
+SLICE_MIN_IOU = 0.62
+SLICE_MIN_SUCCESS = 0.25  # 6 of 24
+SLICE_MIN_CLEAN = 0.20  # 5 of 24 (4.8)
+SLICE_MIN_THREE_OBJECT_SUCCESS = 0.375  # 3 of 8
+SLICE_MIN_BG_PSNR = 26.5
 
 
 @pytest.mark.skipif(not (MODEL / "model_index.json").exists(), reason="the bundled model is not there")
@@ -255,8 +256,8 @@ def test_quality_slice_on_bundled_model(one_thread):
     """A slice of the benchmark on the bundled model, multi-object scenes included, so that a quality
     regression fails CI.
 
-    The figures are the model's; the issue's targets (IoU 0.70, success 0.80, 0.60 on 3-object
-    recolours, 30 dB) are judged on the full benchmark (200 tasks), not on this slice.
+    The figures are the model's; the quality targets are judged on the full benchmark (200 tasks), not
+    on this slice.
     """
     from diffedit.loading import load_bundle
 
