@@ -275,6 +275,34 @@ def constraints(bundle: Any) -> tuple[list[Judgement], list[tuple[Judgement, str
     return refs, broken
 
 
+def agreement_markdown(result: dict[str, Any]) -> str:
+    """``labels/AGREEMENT.md``: the agreement figures of both halves and every disagreement."""
+    lines = [
+        "# The strict judge against the labels (`python -m benchmarks.quality.calibration agree`)",
+        "",
+        f"Thresholds: `{THRESHOLDS}`.",
+        "",
+        "| half | n | success agreement | clean agreement | labels: success / clean | judge: success / clean |",
+        "|---|---|---|---|---|---|",
+    ]
+    for half in ("tuning", "test"):
+        r = result[half]
+        lines.append(
+            f"| {half} | {r['n']} | {r['success_agreement']:.3f} | {r['clean_agreement']:.3f} | "
+            f"{r['label_success_rate']:.3f} / {r['label_clean_rate']:.3f} | "
+            f"{r['judge_success_rate']:.3f} / {r['judge_clean_rate']:.3f} |"
+        )
+    for half in ("tuning", "test"):
+        lines += ["", f"## Disagreements, {half} half", "", "| item | method | r | label | judge | judge's reason | label's note |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for d in result[half]["disagreements"]:
+            lines.append(
+                f"| {d['item']} | {d['method']} | {d['ratio']} | {d['label']} | {d['judge']} | {d['reason']} | "
+                f"{d['note']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality.calibration", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -319,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     result = agreement(chosen, images, read_labels(Path(args.labels)))
     (out / "agreement.json").write_text(json.dumps(result, indent=2) + "\n")
+    (LABELS.parent / "AGREEMENT.md").write_text(agreement_markdown(result))
     for half in ("tuning", "test"):
         r = result[half]
         print(

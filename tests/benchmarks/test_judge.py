@@ -111,3 +111,45 @@ def test_held_out_tasks_are_unambiguous_and_regenerate_from_their_ids():
     for bad in ("shapes-12-recolor", "coco-1-recolor-0", "shapes-x-recolor-0", "shapes-1-move-0"):
         with pytest.raises(ValueError):
             task_from_id(bad)
+
+
+def test_the_labels_name_the_calibration_items():
+    """Every committed label is of the item ``calibration.items()`` regenerates (task, method, r), and
+    the labels were set by the written rule."""
+    from benchmarks.quality.calibration import LABELS, items, read_labels
+
+    labels = read_labels()
+    chosen = items()
+    assert len(labels) == len(chosen) == 168 and (LABELS.parent / "RULE.md").exists()
+    for it in chosen:
+        lab = labels[it.item]
+        assert (lab["task_id"], lab["method"], float(lab["ratio"])) == (it.task.id, it.method, it.ratio)
+    assert sum(it.tuning for it in chosen) == 56
+    assert {it.task.n_objects for it in chosen} == {1, 2, 3}
+
+
+@pytest.mark.slow
+def test_the_judge_agrees_with_the_labels_as_published():
+    """The labelled edits regenerate with the bundled model, and the judge's agreement with the labels
+    is what labels/AGREEMENT.md publishes."""
+    import re
+
+    import torch
+
+    from benchmarks.quality.calibration import LABELS, agreement, generate, items, read_labels
+    from diffedit.loading import load_bundle
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        chosen = items()
+        images = generate(load_bundle("models/shapes-v3"), chosen)
+    finally:
+        torch.set_num_threads(before)
+    result = agreement(chosen, images, read_labels())
+    published = (LABELS.parent / "AGREEMENT.md").read_text()
+    for half in ("tuning", "test"):
+        row = re.search(rf"^\| {half} \| (\d+) \| ([\d.]+) \| ([\d.]+) \|", published, re.M)
+        assert row is not None and int(row.group(1)) == result[half]["n"]
+        assert result[half]["success_agreement"] == pytest.approx(float(row.group(2)), abs=0.02)
+        assert result[half]["clean_agreement"] == pytest.approx(float(row.group(3)), abs=0.02)
