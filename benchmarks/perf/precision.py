@@ -204,8 +204,8 @@ def run_quality(
         out[name]["success_delta"] = ds
         out[name]["bg_psnr_delta"] = dp
         out[name]["holds"] = ds["low"] >= -SUCCESS_MARGIN and dp["low"] >= -PSNR_MARGIN_DB
-        out[name]["same_edits"] = sum(
-            a["judged_colour"] == b["judged_colour"] and a["judged_shape"] == b["judged_shape"]
+        out[name]["same_edits"] = sum(  # tasks the strict judge gives the same two verdicts
+            a["success"] == b["success"] and a["clean_success"] == b["clean_success"]
             for a, b in zip(records[ref], records[name], strict=True)
         )
     return out

@@ -195,3 +195,18 @@ def test_ray_section_on_tiny_model(tmp_path, one_thread):
 def test_rows_are_deterministic():
     a, b = make_rows(3, seed=1, size=32), make_rows(3, seed=1, size=32)
     assert a == b and [r.seed for r in a] == [1_000_000, 1_000_001, 1_000_002]
+
+
+def test_precision_quality_compares_the_judges_verdicts():
+    """The precision section's quality half on a tiny model: the same model twice gives the same
+    strict-judge verdicts on every task and zero deltas (it read the old classifier's columns once)."""
+    from benchmarks.perf.precision import run_quality
+    from diffedit.tiny import tiny_bundle
+
+    bundle = tiny_bundle(seed=0)
+    out = run_quality(
+        {"float32": bundle, "again": bundle}, tasks=2, steps=2, ratio=0.5, max_batch=8, log=lambda s: None
+    )
+    assert out["again"]["same_edits"] == 2 and out["again"]["tasks"] == 2
+    assert out["again"]["success"] == out["float32"]["success"]
+    assert out["again"]["bg_psnr_delta"]["delta"] == pytest.approx(0.0)
