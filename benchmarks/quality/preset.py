@@ -6,7 +6,7 @@ the benchmark's held-out tasks, judged by the strict judge.
 ``make demo`` edits with ``configs/models/shapes-v3.yaml``'s parameters (its own steps, encoding ratio
 and guidance), not with the sweep's 25 steps: this is the row that says how good the demo's edits are.
 Prints success, clean success, background PSNR and 3-object recolour success; ``--out`` writes the
-per-task records (``scoring.TASK_COLUMNS``).
+summary rows and per-task records (``results.csv``, ``tasks.csv``, as the benchmark's).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import yaml
 from benchmarks.quality.methods import run_ours
 from benchmarks.quality.metrics import mean_of
 from benchmarks.quality.report import format_table, write_csv
-from benchmarks.quality.scoring import TASK_COLUMNS, score_run, summarise
+from benchmarks.quality.scoring import SUMMARY_COLUMNS, TASK_COLUMNS, score_run, summarise
 from diffedit.params import EditParams
 from diffedit.shapes.scenes import EditTask, make_edit_tasks
 
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="task stream (0: the benchmark's held-out set)")
     p.add_argument("--three-object-tasks", type=int, default=40)
     p.add_argument("--three-object-seed", type=int, default=1000)
-    p.add_argument("--out", default="", help="folder for preset_tasks.csv (none: print only)")
+    p.add_argument("--out", default="", help="folder for results.csv and tasks.csv (none: print only)")
     args = p.parse_args(argv)
     import torch
 
@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(rows))
     print(f"clean success {mean_of([r['clean_success'] for r in records if r['slice'] == 'all']):.3f}")
     if args.out:
-        write_csv(Path(args.out) / "preset_tasks.csv", records, TASK_COLUMNS)
+        write_csv(Path(args.out) / "results.csv", rows, SUMMARY_COLUMNS)
+        write_csv(Path(args.out) / "tasks.csv", records, TASK_COLUMNS)
     return 0
 
 

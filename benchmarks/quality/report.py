@@ -197,3 +197,58 @@ def write_outputs(
     write_csv(out_dir / "results.csv", rows, SUMMARY_COLUMNS)
     write_csv(out_dir / "tasks.csv", records, TASK_COLUMNS)
     plot_tradeoff([r for r in rows if r.get("slice", "all") == "all"], out_dir / "tradeoff.png", steps)
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """A ``write_csv`` file back: numbers as floats (empty cells NaN), other cells as text."""
+    out = []
+    with Path(path).open(newline="") as f:
+        for row in csv.DictReader(f):
+            parsed: dict[str, Any] = {}
+            for k, v in row.items():
+                try:
+                    parsed[k] = float(v) if v != "" else math.nan
+                except ValueError:
+                    parsed[k] = v
+            out.append(parsed)
+    return out
+
+
+def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
+    """The README's and the model card's tables from summary rows: every method of the ``all`` slice
+    by r, then the ``three_object_recolor`` slice."""
+
+    def f(v: Any, d: int = 3) -> str:
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+
+    lines = [
+        "| method | r | steps | strict success (recolour / reshape) | strict clean | success 1 / 2 / 3 objects "
+        "| background PSNR (dB) | mask IoU recolour / reshape | UNet evals / edit |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("slice", "all") != "all":
+            continue
+        lines.append(
+            f"| {r['method']} | {f(r['ratio'], 1)} | {int(r['steps'])} | {f(r['success'])} "
+            f"({f(r['success_recolor'], 2)} / {f(r['success_reshape'], 2)}) | {f(r['clean_success'])} | "
+            f"{f(r['success_1obj'], 2)} / {f(r['success_2obj'], 2)} / {f(r['success_3obj'], 2)} | "
+            f"{f(r['bg_psnr'], 2)} | {f(r['mask_iou_recolor'])} / {f(r['mask_iou_reshape'])} | "
+            f"{f(r['unet_evals_per_edit'], 0)} |"
+        )
+    three = [r for r in rows if r.get("slice") == "three_object_recolor"]
+    if three:
+        lines += ["", "| forced 3-object recolours | r | strict success | strict clean | background PSNR (dB) | mask IoU |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in three:
+            lines.append(
+                f"| {r['method']} | {f(r['ratio'], 1)} | {f(r['success'])} | {f(r['clean_success'])} | "
+                f"{f(r['bg_psnr'], 2)} | {f(r['mask_iou_recolor'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m benchmarks.quality.report out/quality/results.csv [more.csv ...]
+    import sys
+
+    print(markdown_tables([row for p in sys.argv[1:] for row in read_csv(Path(p))]))
