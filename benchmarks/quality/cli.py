@@ -37,11 +37,11 @@ Metrics per task (pure functions below), averaged per method and r:
   tasks reported apart;
 * background PSNR (dB, peak 255) and mean absolute error (0..255) over the pixels outside the region,
   edit against input;
-* edit success: ``classify_region`` on the edited image inside the region; a recolour succeeds when
-  the colour is the target colour, a reshape when the shape is the target shape and the colour is
-  kept; overall, by kind and by the scene's object count (1 / 2 / 3);
-* clean success: the edit succeeds AND every other object of the scene keeps its colour and shape
-  (``classify.objects_kept`` over its visible pixels in the target scene);
+* strict success and strict clean success: ``diffedit.shapes.judge`` (the edited object in the target
+  colour covers its ground-truth footprint, in the target shape rather than another, without lumps,
+  a halo or the old colour, with sharp edges; clean: every other object keeps its footprint over the
+  whole image and the background gains no blob and keeps >= 22 dB; thresholds calibrated on edits
+  labelled by eye, ``benchmarks.quality.calibration``); overall, by kind and by object count;
 * edits per second (wall clock of the method's whole run over the tasks, batched, this machine) and
   UNet sample-evaluations per edit.
 
@@ -119,7 +119,7 @@ def run_benchmark(
     it already). ``references``: also the ``vae_recon`` and ``target_render`` rows. ``peer_tasks``:
     LEDITS++ (one task per call, the slowest method) runs on the first that many tasks only.
     ``score_workers`` > 0 scores finished runs in that many worker processes while the model runs
-    the next method (the shapes classifier costs about 0.1 s a task); 0 scores in this process.
+    the next method (the strict judge costs about 15-40 ms a task); 0 scores in this process.
     With ``out_dir``, writes results.csv, tasks.csv, tradeoff.png and (when ``diffedit`` ran)
     contact_sheet.png there.
     """

@@ -129,7 +129,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path, steps: int | None 
                     label=f"VAE reconstruction ({r['bg_psnr']:.1f} dB)",
                 )
         ax.set_xlabel("background PSNR outside the edit region (dB, higher = better preserved)")
-        ax.set_ylabel(f"{name} (classifier)")
+        ax.set_ylabel(f"{name} (strict judge)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.set_title(name)
