@@ -18,6 +18,28 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # avoids a 5 s metadata stall
 
 
+def in_ci() -> bool:
+    """Whether the suite runs in CI (``CI=true``, as GitHub Actions, GitLab CI and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _require(condition: bool, why: str) -> None:
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"prerequisite missing in CI (CI=true): {why}", pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def require() -> Callable[[bool, str], None]:
+    """``require(condition, why)``: a prerequisite of the calling test or fixture. When ``condition`` is
+    false the test is skipped locally but FAILS in CI (``CI=true``), where a missing prerequisite
+    (``unshare -n``, ``ray[default]``, enough memory) would otherwise turn a slow module green by
+    skipping every test in it."""
+    return _require
+
+
 @pytest.fixture
 def torch_threads() -> Iterator[Callable[[int], None]]:
     """``torch_threads(n)`` sets torch's intra-op thread count for the test; the count it had before is

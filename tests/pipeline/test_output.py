@@ -85,7 +85,7 @@ def test_parts_carry_huggingface_image_features(fs, tmp_path):
 
 def test_huggingface_datasets_reads_the_images(fs, tmp_path):
     """datasets (a dev dependency) shows the image columns as images."""
-    datasets = pytest.importorskip("datasets")
+    import datasets
     from pipeline_testing import png_bytes
 
     out = str(tmp_path / "out")

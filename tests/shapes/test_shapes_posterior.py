@@ -30,7 +30,6 @@ def test_set_posterior_std_keeps_the_mode_bit_identical() -> None:
         set_posterior_std(vae, 0.0)
 
 
-@pytest.mark.skipif(not (MODEL / "vae").exists(), reason="the bundled model is not there")
 def test_rewrite_weights_changes_only_the_log_variance(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
@@ -46,7 +45,6 @@ def test_rewrite_weights_changes_only_the_log_variance(tmp_path: Path) -> None:
     assert torch.allclose(after["quant_conv.bias"][c:], torch.full((c,), 2 * math.log(0.05)))
 
 
-@pytest.mark.skipif(not (MODEL / "vae").exists(), reason="the bundled model is not there")
 def test_bundled_vae_posterior_is_narrow_and_samples_reconstruct() -> None:
     """Measured on 64 scenes (python -m diffedit.shapes.posterior models/shapes-v3 --measure-only):
     mode 29.93 dB, a posterior sample 29.89 dB (before the fix: 17.44 dB); here 16 scenes. shapes-v3
