@@ -405,9 +405,10 @@ def test_a_missing_ray_token_exits_2(ray_cluster, tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_run_cleanly_with_exit_143(tiny_model, tmp_path):
+def test_sigterm_stops_the_run_cleanly_with_exit_143(ray_cluster, tiny_model, tmp_path):
     """Airflow's execution_timeout sends SIGTERM: Ray shuts down, one line says so, exit 143, no C++
-    stack dump; the committed rows stay and a rerun resumes."""
+    stack dump; the committed rows stay and a rerun resumes: it edits only the rows not committed and
+    leaves the committed parts as they were."""
     write_manifest(
         tmp_path / "manifest" / "part-0.parquet",
         [{"id": f"row-{i:02d}", "image_bytes": png_bytes(i), "caption": "a red circle", "query": "a blue circle"}
@@ -443,7 +444,22 @@ def test_sigterm_stops_the_run_cleanly_with_exit_143(tiny_model, tmp_path):
     for noise in ("Stack trace", "*** SIGTERM", "terminate called", "Traceback", "ERROR", "\x1b["):
         assert noise not in stderr, stderr[-4000:]
     assert not (out / O.SUCCESS_FILE).exists()
-    assert 1 <= len(list(out.glob("part-*.parquet"))) < 12
+    kept = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
+    assert 1 <= len(kept) < 12
+    first_run = json.loads((out / O.JOB_FILE).read_text())["run_id"]
+
+    # the retry (Airflow's, cron's next night): resumes
+    rerun = CliRunner().invoke(app, ["run", str(tmp_path / "job.yaml"), "--address", ray_cluster])
+    assert rerun.exit_code == 0, rerun.output
+    summary = json.loads((out / O.SUMMARY_FILE).read_text())
+    assert summary["this_run"]["rows_already_done"] == len(kept)
+    assert summary["this_run"]["rows_edited"] == 12 - len(kept)
+    assert all((out / name).read_bytes() == data for name, data in kept.items())
+    table = read_output(out)
+    assert sorted(table.column("id").to_pylist()) == [f"row-{i:02d}" for i in range(12)]
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert table.column("run_id").to_pylist().count(first_run) == len(kept)
+    assert (out / O.SUCCESS_FILE).exists()
 
 
 # --------------------------------------------------------------------------- 7. wheel and CLI surface
