@@ -16,6 +16,10 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # avoids a 5 s metadata stall
+# No test reaches the Hugging Face Hub: set before anything imports huggingface_hub (it reads the
+# variable at import) and before ray.init (Ray workers inherit it). A test of the "ask the hub" path
+# points the client at a dead loopback port instead.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def in_ci() -> bool:

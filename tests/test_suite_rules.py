@@ -1,8 +1,10 @@
 """Rules of the suite itself (issue 21): a missing prerequisite skips a test locally but fails it in CI
-(``CI=true``), so CI can never stay green by skipping; no test skips itself any other way."""
+(``CI=true``), so CI can never stay green by skipping; no test skips itself any other way; no test
+reaches the Hugging Face Hub."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -53,3 +55,10 @@ def test_ci_runs_set_ci_true():
     text = (TESTS.parent / ".ci" / "run").read_text()
     assert 'export CI="${CI:-true}"' in text
     assert text.index("export CI=") < text.index("make test")
+
+
+def test_the_suite_is_offline_from_the_hub():
+    import huggingface_hub.constants
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True

@@ -293,6 +293,14 @@ def test_a_relative_model_path_is_never_taken_as_a_hub_id(tiny_model, tmp_path, 
     assert CliRunner().invoke(app, ["validate", str(job)]).exit_code == 0
 
 
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once closed
+
+
 def test_a_hub_repository_without_a_hub_is_a_configuration_error(tmp_path, monkeypatch):
     write_manifest(tmp_path / "in" / "m.parquet", [{"id": "a", "image_bytes": png_bytes(0), "query": "q"}])
     (tmp_path / "job.yaml").write_text(
@@ -304,10 +312,17 @@ def test_a_hub_repository_without_a_hub_is_a_configuration_error(tmp_path, monke
     assert result.exit_code == 2, result.output
     assert "cannot resolve someorg/somemodel: HF_HUB_OFFLINE=1" in result.output
     assert "no cached snapshot" in result.output
-    monkeypatch.delenv("HF_HUB_OFFLINE")  # asked, the hub is unreachable here (or has no such repository)
+    # Online, the hub is asked and cannot answer: the client points at a loopback port where nothing
+    # listens (the suite never reaches the real hub: tests/conftest.py sets HF_HUB_OFFLINE=1).
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{_dead_port()}")
     result = CliRunner().invoke(app, ["run", "job.yaml"])
     assert result.exit_code == 2, result.output
     assert "cannot resolve someorg/somemodel: asking the hub failed" in result.output
+    assert "OfflineModeIsEnabled" not in result.output  # it was asked
     assert not (tmp_path / "out").exists()
 
 
