@@ -44,6 +44,25 @@ def require() -> Callable[[bool, str], None]:
     return _require
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _torch_threads_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test module leaves torch's thread count as it found it: a test or fixture that sets one
+    thread and never restores it makes every later test in the process run on one thread (two did).
+    A module that leaks fails at its teardown, and the count is put back for the next module."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    if after != before:
+        torch.set_num_threads(before)
+        pytest.fail(
+            f"{request.module.__name__} left torch's thread count at {after} (it was {before}): restore it "
+            "(the torch_threads fixture does)",
+            pytrace=False,
+        )
+
+
 @pytest.fixture
 def torch_threads() -> Iterator[Callable[[int], None]]:
     """``torch_threads(n)`` sets torch's intra-op thread count for the test; the count it had before is

@@ -50,12 +50,9 @@ METHOD_KEYS = {
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(torch_threads):
     """Torch on one thread (two threads spin against each other on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    torch_threads(1)
 
 
 def _finite(value: Any) -> bool:
