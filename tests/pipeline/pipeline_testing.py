@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +124,29 @@ def snapshot(out: Path) -> dict[str, tuple[int, int]]:
 def error_lines(text: str) -> list[str]:
     """The ``error: ...`` lines of a command's output."""
     return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+#: The rows of the demo manifest in ``make_checkout`` (and so in the ``finished`` fixture).
+CHECKOUT_ROWS = 4
+
+
+def make_checkout(root: Path, model: Path, rows: int = CHECKOUT_ROWS) -> Path:
+    """A directory laid out like the repository: jobs/, the model at models/shapes-v3, a manifest."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root.mkdir(parents=True)
+    shutil.copytree(REPO / "jobs", root / "jobs")
+    shutil.copytree(model, root / "models" / "shapes-v3")
+    result = CliRunner().invoke(app, ["prepare", "shapes", "--out", str(root / "data" / "shapes_manifest"),
+                                      "--rows", str(rows)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def dead_port() -> int:
+    """A loopback port where nothing listens (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

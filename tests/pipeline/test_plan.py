@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from pipeline_testing import REPO
+from pipeline_testing import REPO, cli
 
 from pipeline.config import ComputeConfig, ConfigError, build_job
 from pipeline.plan import GIB, ClusterDescription, Node, check_plan, local_cluster, require_plan
@@ -180,16 +180,7 @@ def test_stall_rule():
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The command line in a fresh process (no Ray running in it), as a user runs it."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return cli(*args, cwd=cwd, env={"RAY_ADDRESS": None})
 
 
 def test_validate_and_run_refuse_the_same_plan_on_this_machine(tmp_path, tiny_model):

@@ -1,5 +1,8 @@
-"""README's exit codes for what goes wrong around the edit itself: no storage credentials (2); a model
-the actors cannot load, an actor that dies, an integrity check that fails (1, and a rerun resumes)."""
+"""README's exit codes, with the CLI as cron and Airflow run it (real processes where the process itself
+is what is tested): storage unreachable (1, a rerun resumes); no storage credentials, a Jobs API URL as
+RAY_ADDRESS, a missing Ray token (2); a model the actors cannot load, an integrity check that fails (1,
+and a rerun resumes); SIGTERM (143, and a rerun resumes); an actor that dies mid-run (replaced: the
+run still commits every id once)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,16 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_testing import FAST_PARAMS, REPO, cli, error_lines, png_bytes, read_output, write_manifest
+from pipeline_testing import (
+    FAST_PARAMS,
+    REPO,
+    cli,
+    dead_port,
+    error_lines,
+    png_bytes,
+    read_output,
+    write_manifest,
+)
 from typer.testing import CliRunner
 
 from pipeline import output as O
@@ -29,14 +41,6 @@ NO_CREDENTIALS = {
 }
 
 
-def _dead_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens there once closed
-
-
 def test_missing_storage_credentials_exit_2(tiny_model, tmp_path):
     """No credentials is a configuration error (2: a rerun fails the same way), not storage trouble
     (1: a rerun resumes), for the input and for the model; nothing is written."""
@@ -48,7 +52,7 @@ def test_missing_storage_credentials_exit_2(tiny_model, tmp_path):
         "RAY_ADDRESS": None,
     }
     storage = (
-        f"storage: {{endpoint_url: 'http://127.0.0.1:{_dead_port()}', max_attempts: 1, connect_timeout: 1}}\n"
+        f"storage: {{endpoint_url: 'http://127.0.0.1:{dead_port()}', max_attempts: 1, connect_timeout: 1}}\n"
     )
     (tmp_path / "input.yaml").write_text(
         f"input: {{paths: ['s3://bucket/manifests/']}}\noutput: {{path: out}}\nmodel: {{source: '{tiny_model}'}}\n"
@@ -226,3 +230,122 @@ def test_a_failed_integrity_check_exits_1_and_the_rerun_repairs_it(ray_cluster, 
     kept = _committed(out)
     assert len(kept) == rows - 1
     _rerun_resumes(job, ray_cluster, kept, rows)
+
+
+# --------------------------------------------------------------------------- moved from test_operations.py
+
+
+def test_an_unreachable_input_endpoint_is_retryable_exit_1(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    (tmp_path / "job.yaml").write_text(
+        "input: {paths: ['s3://bucket/manifests/']}\noutput: {path: out}\nmodel: {source: m}\n"
+        # two attempts, short timeouts: what is tested is the class of the error, not the retry budget
+        f"storage: {{endpoint_url: 'http://127.0.0.1:{port}', max_attempts: 2, connect_timeout: 1}}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    for command in ("validate", "run"):
+        result = CliRunner().invoke(app, [command, "job.yaml"])
+        assert result.exit_code == 1, result.output
+        assert "cannot list" in result.output and "EndpointConnectionError" in result.output
+    # the same for a model on that endpoint (the input is local and fine)
+    write_manifest(tmp_path / "in" / "m.parquet", [{"id": "a", "image_bytes": png_bytes(0), "query": "q"}])
+    (tmp_path / "model.yaml").write_text(
+        "input: {paths: [in]}\noutput: {path: out}\nmodel: {source: 's3://models/sd'}\n"
+        f"storage: {{endpoint_url: 'http://127.0.0.1:{port}', max_attempts: 2, connect_timeout: 1}}\n"
+    )
+    result = CliRunner().invoke(app, ["validate", "model.yaml"])
+    assert result.exit_code == 1, result.output
+    assert "error: storage: " in result.output and "model.source s3://models/sd: cannot list" in result.output
+
+
+def one_row_job(tmp_path: Path, model: Path) -> Path:
+    """A job with one row still to edit (so run must connect to Ray)."""
+    write_manifest(tmp_path / "in" / "m.parquet", [{"id": "a", "image_bytes": png_bytes(0), "query": "q"}])
+    job = tmp_path / "job.yaml"
+    job.write_text(f"input: {{paths: [in]}}\noutput: {{path: out}}\nmodel: {{source: '{model}'}}\n")
+    return job
+
+
+def test_a_jobs_api_url_in_ray_address_exits_2(tiny_model, tmp_path):
+    """RAY_ADDRESS=http://head:8265 (the Jobs API's URL, which README exported) is a configuration
+    error (2), not "a rerun resumes" (1); nothing is written."""
+    one_row_job(tmp_path, tiny_model)
+    bad = cli("run", "job.yaml", cwd=tmp_path, env={"RAY_ADDRESS": "http://127.0.0.1:8265"})
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert "error: config: Ray address 'http://127.0.0.1:8265' is a Jobs API (dashboard) URL" in bad.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_missing_ray_token_exits_2(ray_cluster, tiny_model, tmp_path):
+    one_row_job(tmp_path, tiny_model)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"RAY_ADDRESS": ray_cluster, "RAY_AUTH_MODE": "token", "HOME": str(home), "RAY_AUTH_TOKEN": "",
+           "RAY_AUTH_TOKEN_PATH": str(home / "none")}  # fmt: skip
+    result = cli("run", "job.yaml", cwd=tmp_path, env=env, timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: config: Ray token authentication" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_run_cleanly_with_exit_143(ray_cluster, tiny_model, tmp_path):
+    """Airflow's execution_timeout sends SIGTERM: Ray shuts down, one line says so, exit 143, no C++
+    stack dump; the committed rows stay and a rerun resumes: it edits only the rows not committed and
+    leaves the committed parts as they were."""
+    write_manifest(
+        tmp_path / "manifest" / "part-0.parquet",
+        [{"id": f"row-{i:02d}", "image_bytes": png_bytes(i), "caption": "a red circle", "query": "a blue circle"}
+         for i in range(12)],
+    )  # fmt: skip
+    out = tmp_path / "out"
+    (tmp_path / "job.yaml").write_text(
+        f"input: {{paths: ['{tmp_path / 'manifest'}']}}\noutput: {{path: '{out}', rows_per_file: 1}}\n"
+        f"model: {{source: '{tiny_model}'}}\n"
+        "params: {num_inference_steps: 40, encode_ratio: 1.0, num_mask_draws: 4}\n"
+        "compute: {batch_size: 1, rows_per_block: 1, torch_threads: 1}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(tmp_path / "job.yaml")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 400
+        while not list(out.glob("part-*.parquet")):
+            assert driver.poll() is None, driver.communicate()[1][-3000:]
+            assert time.time() < deadline, "no part committed in time"
+            time.sleep(0.2)
+        sent = time.time()
+        driver.send_signal(signal.SIGTERM)
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    print(f"SIGTERM -> exit {driver.returncode} in {time.time() - sent:.1f} s")
+    assert driver.returncode == 143, stderr[-4000:]
+    assert "terminated: SIGTERM received; Ray shut down" in stderr
+    for noise in ("Stack trace", "*** SIGTERM", "terminate called", "Traceback", "ERROR", "\x1b["):
+        assert noise not in stderr, stderr[-4000:]
+    assert not (out / O.SUCCESS_FILE).exists()
+    kept = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
+    assert 1 <= len(kept) < 12
+    first_run = json.loads((out / O.JOB_FILE).read_text())["run_id"]
+
+    # the retry (Airflow's, cron's next night): resumes
+    rerun = CliRunner().invoke(app, ["run", str(tmp_path / "job.yaml"), "--address", ray_cluster])
+    assert rerun.exit_code == 0, rerun.output
+    summary = json.loads((out / O.SUMMARY_FILE).read_text())
+    assert summary["this_run"]["rows_already_done"] == len(kept)
+    assert summary["this_run"]["rows_edited"] == 12 - len(kept)
+    assert all((out / name).read_bytes() == data for name, data in kept.items())
+    table = read_output(out)
+    assert sorted(table.column("id").to_pylist()) == [f"row-{i:02d}" for i in range(12)]
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert table.column("run_id").to_pylist().count(first_run) == len(kept)
+    assert (out / O.SUCCESS_FILE).exists()
