@@ -4,8 +4,6 @@ architecture edits end to end through DiffEditor and through the Ray job at 128 
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from benchmarks.perf.archs import count_flops, flops_per_edit, format_archs, run_archs
@@ -66,21 +64,11 @@ def test_flops_sdxl_two_encoders():
     assert flops_per_edit(f["flops"], 0, 0, 0, 1) == f["flops"]["text_encoder"] + f["flops"]["text_encoder_2"]
 
 
-def _sdxl_writer_missing() -> bool:
-    from diffedit import tiny
-
-    return not hasattr(tiny, "save_sdxl_directory")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ARCHS)
 def test_full_size_architecture_edits_through_editor_and_ray(name, tmp_path):
     """Random-weight full-size model at 128 px, 2 DDIM steps, 1 mask draw, bfloat16 (a few minutes
     each on one thread; SDXL's build and load need about 7 GB)."""
-    if name == "sdxl" and _sdxl_writer_missing():
-        pytest.skip("SDXL directories need diffedit.tiny.save_sdxl_directory (SDXL support, issue 11 item 1)")
-    if importlib.util.find_spec("ray") is None:
-        pytest.skip("ray is not installed")
     out = run_archs(
         [name], size=128, steps=2, draws=1, dtype="bfloat16", threads=1, workdir=tmp_path, keep=False
     )

@@ -33,7 +33,15 @@ result = {
     "timetable": type(dag.timetable).__name__,
     "first_run_after": info.run_after.isoformat(),
     "first_partition": info.data_interval.start.strftime("%Y-%m-%d"),
-    "tasks": {t.task_id: {"retries": t.retries, "upstream": sorted(t.upstream_task_ids)} for t in dag.tasks},
+    "tasks": {
+        t.task_id: {
+            "retries": t.retries,
+            "upstream": sorted(t.upstream_task_ids),
+            "execution_timeout_s": t.execution_timeout.total_seconds() if t.execution_timeout else None,
+        }
+        for t in dag.tasks
+    },
+    "max_active_runs": dag.max_active_runs,
 }
 
 # The task function with a stand-in CLI that exits with the code it is given.

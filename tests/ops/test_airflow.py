@@ -103,6 +103,8 @@ def test_the_dag_imports_and_means_the_same_partition_on_both_versions(airflow, 
     assert result["first_partition"] == "2024-06-01"
     assert result["tasks"]["run"]["upstream"] == ["validate"]
     assert result["tasks"]["run"]["retries"] == 2 and result["tasks"]["validate"]["retries"] == 2
+    assert result["max_active_runs"] == 1  # one writer per partition
+    assert result["tasks"]["run"]["execution_timeout_s"] == 10 * 3600
     outcomes = result["outcomes"]
     assert outcomes["0"] == "success"
     for code in ("1", "137"):  # the run failed or was killed: retried (an ordinary error)

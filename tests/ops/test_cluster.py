@@ -25,14 +25,20 @@ def _can_unshare() -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def cluster_run(tmp_path_factory) -> dict:
-    if not _can_unshare():
-        pytest.skip("needs `unshare -n` (root): the cluster must not listen on a routable interface")
+def _has_ray_default() -> bool:
+    """ray[default] (the dev and `cluster` extras): the dashboard and `ray job submit`."""
     try:
-        import ray.dashboard  # noqa: F401  (ray[default]: the dashboard and `ray job submit`)
+        import ray.dashboard  # noqa: F401
     except ImportError:
-        pytest.skip("needs ray[default] (the `cluster` extra) for the Jobs API")
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def cluster_run(tmp_path_factory, require) -> dict:
+    """Skipped locally without its prerequisites; in CI (CI=true) their absence fails all 7 tests."""
+    require(_can_unshare(), "needs `unshare -n` (root): the cluster must not listen on a routable interface")
+    require(_has_ray_default(), "needs ray[default] (the `cluster` extra) for the Jobs API")
     work = tmp_path_factory.mktemp("cluster")
     env = {**os.environ, "DIFFEDIT_NETNS": "1"}
     proc = subprocess.run(
@@ -75,7 +81,9 @@ def test_plans_that_cannot_fit_the_nodes_fail_fast_with_exit_2(cluster_run, plan
         assert len(errors) == 1 and says in errors[0], step["output"]
         assert "2 x 1 CPU, 0 GPU" in errors[0]
         assert "may autoscale" not in step["output"] and "autoscaler may add" not in step["output"]
-        assert step["seconds"] < 60
+        # fails fast: a fresh CLI process and a refusal, not the wait for ever it replaced (generous
+        # for a loaded 2-core machine, where starting the process alone can take tens of seconds)
+        assert step["seconds"] < 300
 
 
 def test_the_demo_job_as_a_driver_of_the_cluster(cluster_run):
@@ -96,7 +104,7 @@ def test_resources_that_never_come_end_by_the_startup_timeout_with_exit_1(cluste
     errors = _error_lines(step)
     assert len(errors) == 1 and "Stalled: no model actor became ready within" in errors[0], step["output"]
     assert "actor_startup_timeout_s = 20 s" in errors[0]
-    assert 20 <= step["seconds"] < 120
+    assert 20 <= step["seconds"] < 300  # ended by the 20 s timeout (generous: a loaded machine)
 
 
 def test_the_jobs_api_runs_the_job(cluster_run):

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pipeline_testing import png_bytes
+from pipeline_testing import make_checkout, png_bytes
 
 from diffedit.tiny import save_tiny_model
 
@@ -42,3 +42,22 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def make_image() -> Callable[..., bytes]:
     return png_bytes
+
+
+@pytest.fixture(scope="session")
+def finished(ray_cluster, tiny_model, tmp_path_factory) -> Path:
+    """A checkout (``make_checkout``) whose demo job has run to completion on the session's Ray. Shared
+    by the session: tests only read it, run no-ops on it or copy it."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root = make_checkout(tmp_path_factory.mktemp("finished") / "checkout", tiny_model)
+    previous = os.getcwd()
+    os.chdir(root)
+    try:
+        result = CliRunner().invoke(app, ["run", "jobs/shapes_recolor.yaml", "--address", ray_cluster])
+    finally:
+        os.chdir(previous)
+    assert result.exit_code == 0, result.output
+    return root

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +99,54 @@ def read_output(path: Path | str, fs: Any = None) -> pa.Table:
     files = sorted(f for f in fs.ls(str(path), detail=False) if f.rsplit("/", 1)[-1].startswith("part-"))
     tables = [read_parquet(fs, f) for f in files]
     return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m pipeline.cli ARGS`` in a fresh process, as a user runs it (stdout and stderr captured:
+    not a TTY); an ``env`` value of None removes that variable."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def snapshot(out: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``out`` with its size and mtime: equal snapshots mean nothing was rewritten."""
+    return {
+        str(p.relative_to(out)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in out.rglob("*")
+        if p.is_file()
+    }
+
+
+def error_lines(text: str) -> list[str]:
+    """The ``error: ...`` lines of a command's output."""
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+#: The rows of the demo manifest in ``make_checkout`` (and so in the ``finished`` fixture).
+CHECKOUT_ROWS = 4
+
+
+def make_checkout(root: Path, model: Path, rows: int = CHECKOUT_ROWS) -> Path:
+    """A directory laid out like the repository: jobs/, the model at models/shapes-v3, a manifest."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root.mkdir(parents=True)
+    shutil.copytree(REPO / "jobs", root / "jobs")
+    shutil.copytree(model, root / "models" / "shapes-v3")
+    result = CliRunner().invoke(app, ["prepare", "shapes", "--out", str(root / "data" / "shapes_manifest"),
+                                      "--rows", str(rows)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def dead_port() -> int:
+    """A loopback port where nothing listens (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -36,6 +36,12 @@ from pipeline_testing import REPO, png_bytes, read_output, write_manifest
 ROWS = 8
 BUCKET = "fault-bucket"
 RETRIES = "{max_attempts: 2, connect_timeout: 1, read_timeout: 2, task_retries: 1, retry_mode: standard}"
+#: For the short pause, which the run must absorb: a budget far beyond the 3 s pause (10 attempts of up
+#: to 2 s each per request, then 3 task retries), so that absorbing it never depends on the machine's
+#: load (with RETRIES, 2 attempts of 2 s against a 3 s pause were a race).
+ABSORBING_RETRIES = (
+    "{max_attempts: 10, connect_timeout: 1, read_timeout: 2, task_retries: 3, retry_mode: standard}"
+)
 SCHEMA = pa.schema([("id", pa.string()), ("image", pa.string()), ("image_bytes", pa.binary()),
                     ("caption", pa.string()), ("query", pa.string())])  # fmt: skip
 
@@ -57,7 +63,7 @@ def upload(server: MotoProcess, stage: str) -> None:
             fs.pipe(f"{BUCKET}/images/row-{i}.png", png_bytes(i, (32, 32)))
 
 
-def make_job(tmp_path: Path, stage: str, endpoint: str, tiny_model: Path) -> Path:
+def make_job(tmp_path: Path, stage: str, endpoint: str, tiny_model: Path, retries: str = RETRIES) -> Path:
     q = {"caption": "a red circle", "query": "a blue circle"}
     if stage == "fetch":
         rows = [{"id": f"row-{i}", "image": f"s3://{BUCKET}/images/row-{i}.png", **q} for i in range(ROWS)]
@@ -75,7 +81,7 @@ output: {{path: "{output}", rows_per_file: 2}}
 model: {{source: "{tiny_model}"}}
 params: {{num_inference_steps: 4, num_mask_draws: 1}}
 compute: {{batch_size: 2, rows_per_block: 2, torch_threads: 1, fetch_threads: 2}}
-storage: {{endpoint_url: "{endpoint}", {RETRIES[1:-1]}}}
+storage: {{endpoint_url: "{endpoint}", {retries[1:-1]}}}
 images: {{allow: ["{allow}"]}}
 failure: {{max_failed_fraction: 0.0}}
 """
@@ -121,7 +127,8 @@ def test_fault_during_stage(stage, fault, ray_cluster, tiny_model, tmp_path):
     server.start()
     try:
         upload(server, stage)
-        job = make_job(tmp_path, stage, server.endpoint, tiny_model)
+        retries = ABSORBING_RETRIES if fault == "pause 3 s" else RETRIES
+        job = make_job(tmp_path, stage, server.endpoint, tiny_model, retries)
         if fault == "pause 3 s":
 
             def action() -> None:

@@ -8,9 +8,12 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pipeline_testing import FAST_PARAMS, png_bytes, write_manifest
+from typer.testing import CliRunner
 
 from pipeline import output as O
 from pipeline import rows as R
+from pipeline.cli import app
 
 
 def table(ids: list[str], status: str = R.OK) -> pa.Table:
@@ -85,7 +88,7 @@ def test_parts_carry_huggingface_image_features(fs, tmp_path):
 
 def test_huggingface_datasets_reads_the_images(fs, tmp_path):
     """datasets (a dev dependency) shows the image columns as images."""
-    datasets = pytest.importorskip("datasets")
+    import datasets
     from pipeline_testing import png_bytes
 
     out = str(tmp_path / "out")
@@ -99,3 +102,19 @@ def test_huggingface_datasets_reads_the_images(fs, tmp_path):
     loaded = datasets.load_dataset("parquet", data_files=O.part_files(fs, out), split="train")
     assert loaded.features["edited_image"] == datasets.Image()
     assert loaded[0]["edited_image"].size == (12, 8)
+
+
+def test_rows_per_file_is_the_part_size(ray_cluster, tiny_model, tmp_path, monkeypatch):
+    """7 rows, blocks of 2, one row per model call, rows_per_file 3: parts of 3, 3 and 1 rows."""
+    write_manifest(tmp_path / "in" / "m.parquet",
+                   [{"id": f"r{i}", "image_bytes": png_bytes(i), "query": "a blue circle"} for i in range(7)])  # fmt: skip
+    params = ", ".join(f"{k}: {v}" for k, v in FAST_PARAMS.items())
+    (tmp_path / "job.yaml").write_text(
+        f"input: {{paths: [in]}}\noutput: {{path: out, rows_per_file: 3}}\nmodel: {{source: '{tiny_model}'}}\n"
+        f"params: {{{params}}}\ncompute: {{batch_size: 1, rows_per_block: 2, torch_threads: 1}}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", "job.yaml", "--address", ray_cluster])
+    assert result.exit_code == 0, result.output
+    sizes = sorted(pa.parquet.read_metadata(p).num_rows for p in (tmp_path / "out").glob("part-*.parquet"))
+    assert sizes == [1, 3, 3]

@@ -4,13 +4,14 @@ stall rule, and `validate` agreeing with `run` on this machine (issue 9, item 4)
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from pipeline_testing import REPO
+from pipeline_testing import REPO, cli
 
 from pipeline.config import ComputeConfig, ConfigError, build_job
 from pipeline.plan import GIB, ClusterDescription, Node, check_plan, local_cluster, require_plan
@@ -119,10 +120,39 @@ def test_require_plan_names_the_job_file_in_one_line():
     assert str(info.value).startswith("jobs/x.yaml: compute: ") and "\n" not in str(info.value)
 
 
-def test_the_local_description_is_this_machine():
-    machine = local_cluster()
-    assert len(machine.nodes) == 1 and machine.nodes[0].cpus == os.cpu_count()
-    assert machine.autoscaler is False and machine.nodes[0].memory > 0
+def test_the_local_description_follows_this_machine(monkeypatch):
+    """One node with the machine's CPUs, whatever that count is (before, this compared os.cpu_count()
+    with itself on a machine whose count the description read from os.cpu_count())."""
+    for cpus in (3, 64):
+        monkeypatch.setattr(os, "cpu_count", lambda cpus=cpus: cpus)
+        machine = local_cluster()
+        assert len(machine.nodes) == 1 and machine.nodes[0].cpus == cpus
+        assert machine.autoscaler is False and machine.nodes[0].memory > 0
+
+
+@pytest.mark.slow
+def test_the_local_description_is_the_ray_that_run_starts(tmp_path):
+    """What the plan check assumes (``local_cluster``) against what ``run`` then gets: the local Ray
+    ``ensure_ray`` starts, asked for its resources, in a fresh process (this one has a Ray already)."""
+    code = (
+        "import json, ray\n"
+        "from pipeline.job import ensure_ray\n"
+        "from pipeline.plan import local_cluster\n"
+        "described = local_cluster().nodes\n"
+        "assert ensure_ray(None) is True\n"
+        "nodes = [n for n in ray.nodes() if n['Alive']]\n"
+        "print(json.dumps({'described': [n.cpus for n in described],"
+        " 'started': [n['Resources'].get('CPU') for n in nodes]}))\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["described"] == seen["started"] and len(seen["started"]) == 1, seen
 
 
 # --------------------------------------------------------------------------- the watchdog's rule
@@ -150,16 +180,7 @@ def test_stall_rule():
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The command line in a fresh process (no Ray running in it), as a user runs it."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return cli(*args, cwd=cwd, env={"RAY_ADDRESS": None})
 
 
 def test_validate_and_run_refuse_the_same_plan_on_this_machine(tmp_path, tiny_model):

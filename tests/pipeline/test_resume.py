@@ -50,7 +50,7 @@ failure: {{max_failed_fraction: 0.0}}
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + 600  # generous: the first rows wait for an actor start
         while len(committed(out)) < 2:
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             assert time.time() < deadline, "no part committed in time"

@@ -16,8 +16,10 @@ MODEL = Path(__file__).resolve().parents[2] / "models" / "shapes-v3"
 def pipe():
     from diffusers import StableDiffusionPipeline
 
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    return StableDiffusionPipeline.from_pretrained(str(MODEL), safety_checker=None)
+    yield StableDiffusionPipeline.from_pretrained(str(MODEL), safety_checker=None)
+    torch.set_num_threads(before)
 
 
 def test_layout_and_size() -> None:
