@@ -343,7 +343,7 @@ def _run_plan(
     ds = ray.data.read_parquet(
         list(manifest.files), filesystem=in_fs, partitioning=None, file_extensions=["parquet"], **io
     )
-    ds = ds.repartition(target_num_rows_per_block=c.rows_per_block)
+    ds = repartition(ds, c.rows_per_block, strict=False, remote_args=io)
     ds = ds.map_batches(
         fetch_rows,
         batch_format="pyarrow",
@@ -386,7 +386,7 @@ def _run_plan(
     # Parts of exactly output.rows_per_file rows (the last one of a run may hold fewer): re-block the
     # stream (a streaming repartition, not an all-to-all shuffle; strict: exact sizes, else Ray bundles
     # best-effort and leaves a small block per input block), and the sink merges what it gets.
-    ds = ds.repartition(target_num_rows_per_block=job.output.rows_per_file, strict=True)
+    ds = repartition(ds, job.output.rows_per_file, strict=True, remote_args=io)
     sink = O.make_datasink(out_fs, out, job.output.rows_per_file, run_id)
     try:
         with quiet_transient_tracebacks():
@@ -400,6 +400,29 @@ def _run_plan(
             f"(after {job.storage.task_retries} task retries); the rows concerned were not committed"
         ) from None
     return sink.written
+
+
+def repartition(ds: Any, rows: int, *, strict: bool, remote_args: dict[str, Any]) -> Any:
+    """``ds.repartition(target_num_rows_per_block=rows, strict=strict)`` whose tasks reserve
+    ``remote_args`` (``compute.io_cpus``) like the job's other I/O stages, instead of Ray's default of
+    one whole CPU per map task.
+
+    Why: Ray Data (2.60) gives every operator a share of the cluster's CPUs (its resource budget) and
+    launches a task only when the task's CPUs fit in that share. On a 2-CPU node whose model actor holds
+    one CPU, a one-CPU re-blocking task never fits while the stages upstream of it still run: the
+    re-blocked rows queued ``backpressured:tasks(ResourceBudget)`` and every part was committed in the
+    last seconds of the run, so a run killed at 90 % had committed nothing. ``Dataset.repartition``
+    takes no ``ray_remote_args``, so they are set on the logical operator it just added (the same
+    field ``map_batches(num_cpus=...)`` fills); ``tests/pipeline/test_reliability_commit.py`` fails if
+    a Ray upgrade moves it."""
+    out = ds.repartition(target_num_rows_per_block=rows, strict=strict)
+    op = out._logical_plan.dag  # the StreamingRepartition just added
+    args = getattr(op, "ray_remote_args", None)
+    if not isinstance(args, dict):  # pragma: no cover - a Ray without the field: keep its default
+        log.warning("cannot set the resources of Ray Data's repartition (%s); it reserves 1 CPU", type(op))
+        return out
+    args.update(remote_args)
+    return out
 
 
 def actor_env() -> dict[str, str]:
