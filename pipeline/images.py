@@ -12,6 +12,7 @@ switched off there so that it neither refuses an image the job allows nor names 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,18 +89,26 @@ def _components(uri: str) -> tuple[str, str, int | None, list[str]] | None:
     return scheme, parts.netloc, None, _segments(parts.path)
 
 
+def real_path(uri: str) -> str:
+    """A local path or ``file://`` URI as the absolute path it really names, every symbolic link
+    resolved: the allow-list compares real paths, so a link inside an allowed folder that points
+    outside it (to a file or a folder) is outside."""
+    return os.path.realpath(normalize_uri(uri))
+
+
 def is_allowed(uri: str, allow: Sequence[str]) -> bool:
     """Whether ``uri`` lies inside one of the ``allow`` entries, compared by parsed components (scheme,
     bucket or host and port, then whole path segments), never as raw strings: ``s3://b`` does not admit
     ``s3://b-evil/x``, ``s3://b/bad`` does not admit ``s3://b/bad_evil/x``, ``https://good.example``
     does not admit ``https://good.example.evil.com/x`` nor ``https://good.example@evil.com/x``; ``..``
     cannot climb out. A bare scheme (``s3://``) allows the whole scheme; a local folder allows itself and
-    everything under it; an entry naming a file allows that file."""
+    everything under it; an entry naming a file allows that file. Local paths are compared as real paths
+    (``real_path``): a symbolic link is judged by where it leads."""
     if not allow or not isinstance(uri, str):
         return False
     scheme = scheme_of(uri)
     local = scheme in ("file", "local")
-    target = normalize_uri(uri) if local else _components(uri)
+    target = real_path(uri) if local else _components(uri)
     if target is None:
         return False
     for entry in allow:
@@ -114,7 +123,7 @@ def is_allowed(uri: str, allow: Sequence[str]) -> bool:
         if entry_local != local:
             continue
         if local:
-            prefix = normalize_uri(entry)
+            prefix = real_path(entry)
             # A folder allows itself and what lies under it, not a sibling sharing its name's start.
             if target == prefix or target.startswith(prefix.rstrip("/") + "/"):  # type: ignore[union-attr]
                 return True
@@ -154,6 +163,8 @@ def fetch(uri: str, images: ImagesConfig, storage: StorageConfig) -> bytes:
     else:
         try:
             fs, path = filesystem(uri, storage)
+            if scheme_of(uri) in ("file", "local"):
+                path = real_path(uri)  # the file the allow-list checked, not a link swapped in since
             with fs.open(path, "rb") as f:
                 data = f.read(images.max_bytes + 1)
         except FileNotFoundError:
