@@ -143,8 +143,27 @@ def is_allowed(uri: str, allow: Sequence[str]) -> bool:
     return False
 
 
-def _refused(shown: str, images: ImagesConfig) -> ImageError:
-    return ImageError(f"image URI {shown} is not in the allow-list (images.allow: {list(images.allow)})")
+def has_user_info(uri: str) -> bool:
+    """Whether a remote URI names a user (``https://user@host/``, ``s3://key:secret@bucket/``)."""
+    return "://" in uri and "@" in urlsplit(uri).netloc
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` as messages show it: without credentials or query (``redact``), and with ``***@`` where
+    user info was, so that a URI refused for its user info does not read as one the allow-list holds."""
+    shown = redact(uri)
+    return shown.replace("://", "://***@", 1) if has_user_info(uri) else shown
+
+
+def _refused(uri: str, images: ImagesConfig) -> ImageError:
+    if has_user_info(uri):
+        return ImageError(
+            f"image URI {shown_uri(uri)} is refused: it carries user info (name or name:password before "
+            "the host), which images.allow never admits; credentials come only from the environment"
+        )
+    return ImageError(
+        f"image URI {redact(uri)} is not in the allow-list (images.allow: {list(images.allow)})"
+    )
 
 
 def fetch(uri: str, images: ImagesConfig, storage: StorageConfig) -> bytes:
@@ -157,7 +176,7 @@ def fetch(uri: str, images: ImagesConfig, storage: StorageConfig) -> bytes:
         raise ImageError("image URI is empty")
     shown = redact(uri)
     if not is_allowed(uri, images.allow):
-        raise _refused(shown, images)
+        raise _refused(uri, images)
     if scheme_of(uri) in ("http", "https"):
         data = _fetch_http(uri, images, storage)
     else:

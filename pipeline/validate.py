@@ -26,7 +26,7 @@ from typing import Any
 from pipeline import output as O
 from pipeline.config import JobConfig, resolve_paths
 from pipeline.identity import ModelSource, identity_difference, inspect_model, results_hash, results_identity
-from pipeline.images import is_allowed
+from pipeline.images import is_allowed, shown_uri
 from pipeline.manifest import IMAGE, ManifestError, ManifestInfo, inspect_manifest
 from pipeline.storage import StorageError, filesystem, join, parquet_file, redact
 
@@ -170,7 +170,7 @@ def _check_image_uris(job: JobConfig, manifest: ManifestInfo) -> list[str]:
                 if not is_allowed(uri, job.images.allow):
                     outside += 1
                     if len(examples) < 3:
-                        examples.append(redact(uri))
+                        examples.append(shown_uri(uri))
     if not total:
         return []
     if outside:

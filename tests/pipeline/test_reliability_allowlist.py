@@ -1,7 +1,9 @@
-"""Issue 20, item 2: the allow-list judges a local symbolic link by where it leads."""
+"""Issue 20, items 2 and 7: the allow-list judges a local symbolic link by where it leads, and a URI
+with user info is refused with a message that does not show an address that looks allowed."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,46 @@ def test_a_row_whose_image_links_out_fails_instead_of_reading_the_outside_file(f
     assert row["status"] == R.FAILED
     assert "not in the allow-list" in row["error"]
     assert "pixels" not in row
+
+
+@pytest.mark.parametrize(
+    ("uri", "looks_allowed"),
+    [
+        ("https://user@good.example/x.png", "https://good.example/x.png"),
+        ("https://user:pw@good.example/x.png", "https://good.example/x.png"),
+        ("s3://key:secret@bucket/x.png", "s3://bucket/x.png"),
+    ],
+)
+def test_a_uri_with_user_info_is_refused_saying_so(uri, looks_allowed):
+    allow = ("https://good.example", "s3://bucket")
+    with pytest.raises(ImageError) as info:
+        fetch(uri, ImagesConfig(allow=allow), StorageConfig())
+    message = str(info.value)
+    assert "user info" in message  # says why, though the host and path are inside the allow-list
+    assert f"{looks_allowed} " not in message  # never the bare address, which reads as allowed
+    assert "pw" not in message and "secret" not in message  # no credentials either
+    assert os.path.basename(looks_allowed) in message  # the row can still be found
+
+
+def test_a_uri_outside_the_allow_list_keeps_its_message():
+    with pytest.raises(ImageError, match=r"image URI https://evil\.example/x\.png is not in the allow-list"):
+        fetch("https://evil.example/x.png", ImagesConfig(allow=("https://good.example",)), StorageConfig())
+
+
+def test_validate_shows_a_refused_user_info_uri_marked(tmp_path):
+    from pipeline_testing import write_manifest
+
+    from pipeline.config import build_job
+    from pipeline.manifest import inspect_manifest
+    from pipeline.validate import _check_image_uris
+
+    write_manifest(
+        tmp_path / "m.parquet", [{"id": "a", "image": "https://user@good.example/x.png", "query": "q"}]
+    )
+    job = build_job(
+        {"input": {"paths": [str(tmp_path / "m.parquet")]}, "output": {"path": str(tmp_path / "out")},
+         "model": {"source": str(tmp_path)}, "images": {"allow": ["https://good.example"]}}
+    )  # fmt: skip
+    (line,) = _check_image_uris(job, inspect_manifest(job.input.paths, job.storage))
+    assert "WARNING 1 of 1 image URIs are outside images.allow" in line
+    assert "https://***@good.example/x.png" in line
