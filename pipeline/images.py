@@ -24,10 +24,13 @@ from diffedit.images import to_rgb
 from pipeline.config import ImagesConfig, StorageConfig
 from pipeline.faults import (
     TRANSIENT_STATUS,
+    StorageCredentialsError,
     TransientStorageError,
+    credentials_message,
     describe,
     is_transient,
     is_transient_status,
+    rejected_credentials,
 )
 from pipeline.storage import filesystem, normalize_uri, redact, scheme_of
 
@@ -189,6 +192,9 @@ def fetch(uri: str, images: ImagesConfig, storage: StorageConfig) -> bytes:
         except FileNotFoundError:
             raise ImageError(f"image {shown} not found") from None
         except Exception as exc:
+            rejected = rejected_credentials(exc)
+            if rejected is not None:  # the run's credentials, not the row: the run stops (exit 2)
+                raise StorageCredentialsError(credentials_message(f"image {shown}", rejected)) from None
             if is_transient(exc):
                 raise TransientStorageError(
                     f"cannot read image {shown} after retries (storage.max_attempts = {storage.max_attempts}): "

@@ -46,6 +46,7 @@ from pipeline.config import ConfigError, JobConfig
 from pipeline.faults import (
     RAY_RETRY_PATTERN,
     TransientStorageError,
+    find_rejected_credentials,
     find_transient,
     quiet_transient_tracebacks,
 )
@@ -392,6 +393,9 @@ def _run_plan(
         with quiet_transient_tracebacks():
             ds.write_datasink(sink, ray_remote_args=io)
     except Exception as exc:
+        rejected = find_rejected_credentials(exc)
+        if rejected is not None:  # exit 2: fix the environment; what was committed stays
+            raise ConfigError(str(rejected)) from None
         transient = find_transient(exc)
         if transient is None:
             raise

@@ -51,7 +51,14 @@ import fsspec
 import pyarrow as pa
 
 from pipeline import rows as R
-from pipeline.faults import TransientStorageError, describe, is_transient
+from pipeline.faults import (
+    StorageCredentialsError,
+    TransientStorageError,
+    credentials_message,
+    describe,
+    is_transient,
+    rejected_credentials,
+)
 from pipeline.storage import join, parquet_bytes, parquet_file, read_parquet, redact
 
 log = logging.getLogger(__name__)
@@ -229,6 +236,11 @@ def commit_blocks(
         except OwnershipLost:
             raise
         except Exception as exc:
+            rejected = rejected_credentials(exc)
+            if rejected is not None:
+                raise StorageCredentialsError(
+                    credentials_message(f"output {redact(out)}", rejected)
+                ) from None
             if not is_transient(exc):
                 raise
             # botocore has retried every request with backoff; Ray Data re-runs the write task

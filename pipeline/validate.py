@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import output as O
-from pipeline.config import JobConfig, resolve_paths
+from pipeline.config import ConfigError, JobConfig, resolve_paths
+from pipeline.faults import credentials_message, describe, is_transient, rejected_credentials
 from pipeline.identity import ModelSource, identity_difference, inspect_model, results_hash, results_identity
 from pipeline.images import is_allowed, shown_uri
 from pipeline.manifest import IMAGE, ManifestError, ManifestInfo, inspect_manifest
@@ -92,6 +93,14 @@ def preflight(
         done = O.exists(out_fs, join(out, O.SUCCESS_FILE))
         prior = O.read_json(out_fs, join(out, O.JOB_FILE))
     except (OSError, ValueError) as exc:
+        rejected = rejected_credentials(exc)
+        if rejected is not None:
+            raise ConfigError(credentials_message(f"output {shown}", rejected)) from None
+        if isinstance(exc, PermissionError) and not is_transient(exc):  # S3 answers a HEAD with a bare 403
+            raise ConfigError(
+                f"output {shown}: access denied ({describe(exc)}): the credentials of this environment "
+                "may not read it"
+            ) from None
         raise StorageError(f"output {shown}: cannot read: {type(exc).__name__}: {exc}") from None
     committed = parts.column("id").to_pylist()
     failed_ids = frozenset(
