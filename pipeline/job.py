@@ -204,7 +204,7 @@ def run_job(
     summary = build_summary(
         written, manifest, final, run_id=run_id, started=started, edit_seconds=edit_seconds,
         skipped=len(done), duplicates_removed=removed, results_hash=pre.results_hash,
-        retried=sorted(retried),
+        retried=sorted(retried), config_hash=job.config_hash,
     )  # fmt: skip
     passed = summary["output"]["failed_fraction"] <= job.failure.max_failed_fraction
     summary["status"] = "succeeded" if passed else "failed_policy"
@@ -518,9 +518,12 @@ def build_summary(
     duplicates_removed: int,
     results_hash: str,
     retried: list[str] | None = None,
+    config_hash: str | None = None,
 ) -> dict[str, Any]:
     """The run summary (``.diffedit/summary.json``): counts, throughput, durations, hashes, versions; errors
-    grouped by class (``group_errors``); ``retried``: the ids a ``--retry-failed`` run edited again."""
+    grouped by class (``group_errors``); ``retried``: the ids a ``--retry-failed`` run edited again.
+    ``job`` is the job as written (paths shown as the user wrote them); ``config_hash`` is the hash of the
+    resolved job that ``validate`` prints and ``job.json`` records (default: ``job``'s)."""
     statuses = final.column("status").to_pylist()
     ok = sum(1 for s in statuses if s == R.OK)
     rows = len(statuses)
@@ -554,7 +557,7 @@ def build_summary(
     return {
         "job": job.name,
         "config_file": job.source,
-        "config_hash": job.config_hash,
+        "config_hash": config_hash or job.config_hash,
         "results_hash": results_hash,
         "run_id": run_id,
         "started_at": _iso(started),
