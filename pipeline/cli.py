@@ -3,7 +3,8 @@
 Exit codes (``pipeline.job.ExitCode``): 0 success or nothing to do; 1 the run failed or storage/Ray
 could not be reached (a rerun resumes); 2 configuration or usage error (also: a model that cannot be
 found, a malformed Ray address, a missing Ray auth token); 3 unusable input (schema, null or duplicate
-ids) or an output that belongs to another configuration; 4 more rows failed than
+ids), an output that belongs to another configuration, or a committed part that cannot be read (``run
+--repair`` sets it aside and edits its rows again); 4 more rows failed than
 ``failure.max_failed_fraction`` allows; 143 (128 + SIGTERM) stopped by SIGTERM, e.g. Airflow's
 ``execution_timeout``: Ray shut down cleanly, the committed rows stay, a rerun resumes.
 """
@@ -129,6 +130,12 @@ def run(
         "--retry-failed",
         help="Edit the committed failed rows again (after fixing their cause); their records are replaced.",
     ),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="Move committed parts that cannot be read (truncated, corrupt) to .diffedit/unreadable/ and "
+        "edit their rows again.",
+    ),
     verbose: bool = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
@@ -141,7 +148,7 @@ def run(
         if overwrite and retry_failed:
             raise ConfigError("--overwrite and --retry-failed exclude each other")
         job = _load(job_file)
-        outcome = run_job(job, overwrite=overwrite, address=address, retry_failed=retry_failed)
+        outcome = run_job(job, overwrite=overwrite, address=address, retry_failed=retry_failed, repair=repair)
     except signals.Terminated:
         _shutdown_ray()
         typer.echo(

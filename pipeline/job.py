@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 from pipeline import output as O
 from pipeline import rows as R
 from pipeline import signals
-from pipeline.config import ConfigError, JobConfig
+from pipeline.config import ConfigError, JobConfig, resolve_paths
 from pipeline.faults import (
     RAY_RETRY_PATTERN,
     TransientStorageError,
@@ -53,7 +53,7 @@ from pipeline.faults import (
 from pipeline.manifest import ManifestInfo
 from pipeline.plan import PlanCheck, connected_cluster, local_cluster, require_plan
 from pipeline.storage import filesystem, join, redact
-from pipeline.validate import InputError, StorageError, preflight  # noqa: F401 (re-exported)
+from pipeline.validate import InputError, StorageError, UnreadableOutput, preflight  # noqa: F401 (re-exported)
 
 log = logging.getLogger("pipeline")
 
@@ -99,7 +99,12 @@ def new_run_id() -> str:
 
 
 def run_job(
-    job: JobConfig, *, overwrite: bool = False, address: str | None = None, retry_failed: bool = False
+    job: JobConfig,
+    *,
+    overwrite: bool = False,
+    address: str | None = None,
+    retry_failed: bool = False,
+    repair: bool = False,
 ) -> RunOutcome:
     """Run ``job`` to completion (see the module docstring). Raises ``ConfigError``, ``InputError`` or
     ``StorageError`` from the preflight, before Ray is started or anything is written, and anything
@@ -107,11 +112,31 @@ def run_job(
 
     ``retry_failed``: the committed ``failed`` rows are edited again, as if missing; each new record
     replaces the old one (the new part is committed first, then ``dedupe`` rewrites the old part
-    without it, keeping the ``ok`` / newest copy: a crash in between is repaired by the next run)."""
+    without it, keeping the ``ok`` / newest copy: a crash in between is repaired by the next run).
+
+    ``repair``: committed parts that cannot be read as Parquet are first moved to
+    ``.diffedit/unreadable/``, so their rows are missing and edited again. Without it such a part stops
+    the run (``UnreadableOutput``, exit 3, naming the files) and ``_SUCCESS`` is removed: the output is
+    no longer complete."""
     started = time.time()
     run_id = new_run_id()
+    if repair:
+        resolved = resolve_paths(job)
+        fs, path = filesystem(resolved.output.path, resolved.storage)
+        moved = O.set_aside_unreadable(fs, path)
+        if moved:
+            shown = join(redact(path), O.UNREADABLE)
+            log.warning("--repair: %d unreadable part(s) moved to %s: %s", len(moved), shown, moved)
+        else:
+            log.info("--repair: every committed part of %s is readable", redact(path))
     # every check validate does, before Ray or any write (rows' texts only when there is work to do)
-    pre = preflight(job, overwrite=overwrite, retry_failed=retry_failed, texts_when_complete=False)
+    try:
+        pre = preflight(job, overwrite=overwrite, retry_failed=retry_failed, texts_when_complete=False)
+    except UnreadableOutput:
+        resolved = resolve_paths(job)
+        fs, path = filesystem(resolved.output.path, resolved.storage)
+        O.remove(fs, join(path, O.SUCCESS_FILE))  # a sensor must not take this output as complete
+        raise
     for line in pre.lines:
         if "WARNING" in line:
             log.warning("%s", line.replace("WARNING ", ""))

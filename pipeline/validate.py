@@ -36,6 +36,11 @@ class InputError(ValueError):
     """The input or the existing output prevents the run (exit code 3)."""
 
 
+class UnreadableOutput(InputError):
+    """A committed part cannot be read (``output.UnreadableParts``): exit 3 naming the files; ``run
+    --repair`` sets them aside and edits their rows again."""
+
+
 @dataclass(frozen=True)
 class Preflight:
     """What the preflight found; ``job`` has its paths resolved."""
@@ -92,6 +97,8 @@ def preflight(
         parts = O.read_parts(out_fs, out, columns=["id", "status"])
         done = O.exists(out_fs, join(out, O.SUCCESS_FILE))
         prior = O.read_json(out_fs, join(out, O.JOB_FILE))
+    except O.UnreadableParts as exc:
+        raise UnreadableOutput(str(exc)) from None
     except (OSError, ValueError) as exc:
         rejected = rejected_credentials(exc)
         if rejected is not None:
@@ -277,6 +284,7 @@ __all__ = [
     "ManifestError",
     "Preflight",
     "StorageError",
+    "UnreadableOutput",
     "check_texts",
     "preflight",
     "validate_job",
