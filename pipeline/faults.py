@@ -190,15 +190,15 @@ RAY_RETRY_PATTERN = "TransientStorageError"
 def find_transient(exc: BaseException) -> TransientStorageError | None:
     """The ``TransientStorageError`` behind ``exc``, which may be a Ray task error that wraps it (Ray
     keeps the original as ``cause``; over a process boundary only its text may survive)."""
-    return _find_raised(exc, TransientStorageError)
+    return find_raised(exc, TransientStorageError)
 
 
 def find_rejected_credentials(exc: BaseException) -> StorageCredentialsError | None:
     """The ``StorageCredentialsError`` behind ``exc`` (a Ray task error may wrap it)."""
-    return _find_raised(exc, StorageCredentialsError)
+    return find_raised(exc, StorageCredentialsError)
 
 
-def _find_raised(exc: BaseException, cls: type[RuntimeError]) -> Any:
+def find_raised(exc: BaseException, cls: type[Exception]) -> Any:
     """An exception of exactly ``cls`` (not Ray's ``RayTaskError(cls)``) in ``exc``'s causes, or one
     rebuilt from the original's line in Ray's text (``pipeline.faults.<cls>: message``)."""
     seen: set[int] = set()
@@ -253,6 +253,7 @@ __all__ = [
     "TransientStorageError",
     "credentials_message",
     "describe",
+    "find_raised",
     "find_rejected_credentials",
     "find_transient",
     "is_transient",

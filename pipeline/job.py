@@ -46,14 +46,22 @@ from pipeline.config import ConfigError, JobConfig, resolve_paths
 from pipeline.faults import (
     RAY_RETRY_PATTERN,
     TransientStorageError,
+    find_raised,
     find_rejected_credentials,
     find_transient,
     quiet_transient_tracebacks,
 )
+from pipeline.lease import Heartbeat, OutputBusy, lease_fields, refuse_if_busy
 from pipeline.manifest import ManifestInfo
 from pipeline.plan import PlanCheck, connected_cluster, local_cluster, require_plan
 from pipeline.storage import filesystem, join, redact
-from pipeline.validate import InputError, StorageError, UnreadableOutput, preflight  # noqa: F401 (re-exported)
+from pipeline.validate import (  # noqa: F401 (InputError, StorageError re-exported)
+    InputError,
+    Preflight,
+    StorageError,
+    UnreadableOutput,
+    preflight,
+)
 
 log = logging.getLogger("pipeline")
 
@@ -70,6 +78,7 @@ class ExitCode(IntEnum):
     CONFIG = 2  # the job file or the command line is wrong
     INPUT = 3  # the input is unusable (schema, null/duplicate ids) or conflicts with the output
     POLICY = 4  # finished, but more rows failed than failure.max_failed_fraction allows
+    BUSY = 5  # another live run owns the output (pipeline.lease); this run did nothing more
 
 
 @dataclass(frozen=True)
@@ -120,9 +129,14 @@ def run_job(
     no longer complete."""
     started = time.time()
     run_id = new_run_id()
+    resolved = resolve_paths(job)
+    fs, path = filesystem(resolved.output.path, resolved.storage)
+    try:
+        owner = O.read_json(fs, join(path, O.JOB_FILE))
+    except Exception:  # storage trouble: the preflight reports it
+        owner = None
+    refuse_if_busy(owner, job.output.path)  # another live run on this output: exit 5 at once
     if repair:
-        resolved = resolve_paths(job)
-        fs, path = filesystem(resolved.output.path, resolved.storage)
         moved = O.set_aside_unreadable(fs, path)
         if moved:
             shown = join(redact(path), O.UNREADABLE)
@@ -133,8 +147,6 @@ def run_job(
     try:
         pre = preflight(job, overwrite=overwrite, retry_failed=retry_failed, texts_when_complete=False)
     except UnreadableOutput:
-        resolved = resolve_paths(job)
-        fs, path = filesystem(resolved.output.path, resolved.storage)
         O.remove(fs, join(path, O.SUCCESS_FILE))  # a sensor must not take this output as complete
         raise
     for line in pre.lines:
@@ -150,8 +162,7 @@ def run_job(
         )
         return RunOutcome(ExitCode.OK, "already_complete", message, summary)
     written, job = job, pre.job
-    manifest, input_ids = pre.manifest, pre.input_ids
-    input_set = set(input_ids)
+    input_set = set(pre.input_ids)
     retried = set(pre.failed_ids) if retry_failed and not overwrite else set()
     done = frozenset() if overwrite else frozenset(set(pre.committed) - retried)
     todo = len(input_set - done)
@@ -177,8 +188,35 @@ def run_job(
             "results_hash": pre.results_hash,
             "results_identity": pre.identity,
             "started_at": _iso(started),
+            **lease_fields(),  # where this driver runs, and its heartbeat (pipeline.lease)
         },
     )
+    heartbeat = Heartbeat(out_fs, out, run_id).start()
+    try:
+        return _edit_and_finish(
+            written, pre, out_fs, out, run_id=run_id, started=started, done=done, retried=retried
+        )
+    finally:
+        heartbeat.release()
+
+
+def _edit_and_finish(
+    written: JobConfig,
+    pre: Preflight,
+    out_fs: fsspec.AbstractFileSystem,
+    out: str,
+    *,
+    run_id: str,
+    started: float,
+    done: frozenset[str],
+    retried: set[str],
+) -> RunOutcome:
+    """``run_job`` once this run owns the output: edit the rows not in ``done``, remove duplicates, check
+    that every input id is there once, write ``summary.json`` and ``_SUCCESS``."""
+    job, manifest, input_ids = pre.job, pre.manifest, pre.input_ids
+    input_set = set(input_ids)
+    todo = len(input_set - done)
+    shown_out = redact(written.output.path)
     O.remove(out_fs, join(out, O.SUCCESS_FILE))
     O.remove(out_fs, join(out, O.STAGING), recursive=True)
     O.remove_legacy(out_fs, out)
@@ -418,6 +456,8 @@ def _run_plan(
         with quiet_transient_tracebacks():
             ds.write_datasink(sink, ray_remote_args=io)
     except Exception as exc:
+        if find_raised(exc, O.OwnershipLost) is not None:
+            raise ownership_lost(out_fs, out, run_id) from None
         rejected = find_rejected_credentials(exc)
         if rejected is not None:  # exit 2: fix the environment; what was committed stays
             raise ConfigError(str(rejected)) from None
@@ -429,6 +469,22 @@ def _run_plan(
             f"(after {job.storage.task_retries} task retries); the rows concerned were not committed"
         ) from None
     return sink.written
+
+
+def ownership_lost(out_fs: fsspec.AbstractFileSystem, out: str, run_id: str) -> RuntimeError:
+    """The one-line error of a run whose commit found that it no longer owns the output: another run
+    took it over (``OutputBusy``, exit 5), or ``job.json`` is gone, the output deleted or cleared under
+    the run (exit 1: a rerun starts on what is left)."""
+    owner = O.read_json(out_fs, join(out, O.JOB_FILE))
+    if owner is None:
+        return RuntimeError(
+            f"output {redact(out)}: {O.JOB_FILE} is gone (the output was deleted or cleared while run "
+            f"{run_id} wrote to it); this run stopped committing"
+        )
+    return OutputBusy(
+        f"output {redact(out)} was taken over by run {owner.get('run_id')} (another run started on it); "
+        f"run {run_id} stopped committing, the rows it committed stay"
+    )
 
 
 def repartition(ds: Any, rows: int, *, strict: bool, remote_args: dict[str, Any]) -> Any:

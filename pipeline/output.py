@@ -248,7 +248,9 @@ def commit_table(
         owner = (read_json(fs, join(out, JOB_FILE)) or {}).get("run_id")
         if owner != run_id:
             remove(fs, tmp)
-            raise OwnershipLost(f"output {out} is now owned by run {owner}; run {run_id} stops committing")
+            raise OwnershipLost(
+                f"output {redact(out)} is now owned by run {owner}; run {run_id} stopped committing"
+            )
     final = join(out, name)
     fs.mv(tmp, final)
     return final
