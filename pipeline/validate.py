@@ -199,8 +199,8 @@ def _check_image_uris(job: JobConfig, manifest: ManifestInfo) -> list[str]:
 
 def validate_job(job: JobConfig, address: str | None = None) -> list[str]:
     """``preflight``'s report, with the resource plan checked as ``run`` checks it
-    (``pipeline.job.check_resources``: this machine without an address, else the live cluster)."""
-    from pipeline.job import check_resources
+    (``pipeline.cluster.check_resources``: this machine without an address, else the live cluster)."""
+    from pipeline.cluster import check_resources
 
     found = preflight(job)
     plan = check_resources(found.job, address, log_warnings=False)
