@@ -51,6 +51,7 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 
+from diffedit.loading import files
 from pipeline import rows as R
 from pipeline.faults import (
     StorageCredentialsError,
@@ -154,17 +155,13 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None
 
 
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary name beside ``path``, then rename it to ``path``."""
-    parent = posixpath.dirname(path)
-    tmp = join(parent, f"_tmp.{posixpath.basename(path).lstrip('_')}.{uuid.uuid4().hex}")
-    fs.makedirs(parent, exist_ok=True)
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
+    """``data`` written to ``path`` on ``fs`` atomically (``diffedit.loading.files.write_bytes_atomic``,
+    the one mechanism: a hidden temporary name beside ``path``, then a rename)."""
+    files.write_bytes_atomic(path, data, fs)
 
 
 def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
-    write_bytes_atomic(fs, path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    files.write_json_atomic(path, obj, fs)
 
 
 def exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:

@@ -50,3 +50,30 @@ def test_a_local_ray_and_torch_threads_count_the_cpus_this_process_may_use():
     cpus, cluster, machine = out.stdout.split()
     assert (int(cpus), float(cluster)) == (1, 1.0)
     assert int(machine) == os.cpu_count()
+
+
+def test_one_atomic_json_write_for_the_library_and_the_output(tmp_path):
+    import fsspec
+
+    from diffedit.loading import files
+    from pipeline import output as O
+
+    obj = {"b": 1, "a": [1, 2]}
+    files.write_json_atomic(tmp_path / "lib.json", obj)
+    O.write_json_atomic(fsspec.filesystem("file"), str(tmp_path / "sub" / "out.json"), obj)
+    assert (tmp_path / "lib.json").read_bytes() == (tmp_path / "sub" / "out.json").read_bytes()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "lib.json",
+        "out.json",
+    ]  # no temp files
+
+
+def test_one_url_redactor():
+    from diffedit.loading.urls import redact_url
+    from pipeline.storage import redact
+
+    for uri in ("s3://key:secret@b/k?X-Amz-Signature=1", "https://u@h.example/a.png?v=1#frag",
+                "simplecache::s3://u:p@b/m", "/a/local/path", "gs://b/o"):  # fmt: skip
+        assert redact(uri) == redact_url(uri, keep_query=False)
+        assert "secret" not in redact(uri) and "@" not in redact(uri) and "?" not in redact(uri)
+    assert redact("simplecache::s3://u:p@b/m") == "simplecache::s3://b/m"
