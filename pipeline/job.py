@@ -293,6 +293,7 @@ def connect_ray(address: str | None) -> bool:
     # One filter object for the process: addFilter skips a filter already there, so repeated runs in
     # one process (tests, notebooks) do not stack copies.
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TOKEN_NOTICE)
+    logging.getLogger("ray._private.worker").addFilter(_NO_ANSI)  # "View the dashboard at <green URL>"
     try:
         return ensure_ray(address)
     except ValueError as exc:
@@ -327,6 +328,22 @@ class _DropMessages(logging.Filter):
 
 
 _TOKEN_NOTICE = _DropMessages("Token authentication is enabled")
+
+
+class _StripAnsi(logging.Filter):
+    """Removes ANSI colour codes from a Ray logger's records: Ray colours the dashboard URL of its
+    "Connected to Ray cluster" line even when the log is a file (cron, Airflow)."""
+
+    CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\x1b[" in message:
+            record.msg, record.args = self.CODES.sub("", message), None
+        return True
+
+
+_NO_ANSI = _StripAnsi()
 
 
 def _is_auth_error(exc: BaseException) -> bool:
