@@ -270,6 +270,29 @@ def prepare_shapes(
     typer.echo(f"wrote {len(records)} rows to {path}")
 
 
+@prepare_app.command("model")
+def prepare_model(
+    out: str = typer.Option("models/shapes-v3", "--out", "-o", help="Where to put it (the presets' path)."),
+    name: str = typer.Option("shapes-v3", "--name", help="The bundled model."),
+    verbose: bool = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
+    """Copy the model bundled with the package (shapes-v3) to OUT, where the demo's preset finds it:
+    the demo from a wheel install, without a checkout."""
+    _command_logging(verbose, quiet)
+    from pipeline.prepare import copy_bundled_model
+
+    try:
+        copied = copy_bundled_model(name, out)
+    except ValueError as exc:
+        raise _fail(ExitCode.CONFIG, str(exc)) from None
+    typer.echo(
+        f"{out}: the bundled {name} is already there"
+        if not copied
+        else f"copied {name} to {out} ({copied} files)"
+    )
+
+
 @prepare_app.command("coco-recolor")
 def prepare_coco(
     captions: str = typer.Option(

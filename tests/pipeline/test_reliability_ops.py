@@ -116,6 +116,7 @@ def test_ray_job_submit_uploads_neither_build_outputs_nor_the_old_model(tmp_path
     for name in files:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("x")
+    (root / "pipeline" / "models").symlink_to("../models", target_is_directory=True)
     uploaded: set[str] = set()
     _dir_travel(
         root, [], lambda p: uploaded.add(Path(p).relative_to(root).as_posix()), include_gitignore=True
