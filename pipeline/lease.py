@@ -115,9 +115,18 @@ class Heartbeat:
             except Exception as exc:  # storage trouble: the next beat tries again
                 log.debug("heartbeat of %s failed: %s", self.path, exc)
 
-    def release(self) -> None:
+    def release(self, wait: float = 10.0) -> None:
+        """Stop beating and write ``released_at``; waits at most ``wait`` seconds for each (storage that
+        hangs, a run that failed because of it, must not hold the driver's exit for botocore's retries:
+        an unreleased lease frees itself, module docstring)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=30)
-        with contextlib.suppress(Exception):
-            self._update(released_at=time.time())
+            self._thread.join(timeout=wait)
+
+        def write() -> None:
+            with contextlib.suppress(Exception):
+                self._update(released_at=time.time())
+
+        releasing = threading.Thread(target=write, name="diffedit-release", daemon=True)
+        releasing.start()
+        releasing.join(timeout=wait)
