@@ -76,10 +76,16 @@ def diffedit_batch(command: str, data_interval_start: datetime) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    errors: list[str] = []
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            log.info("%s", line.rstrip())
+            line = line.rstrip()
+            if line.startswith("error:"):  # the CLI's one-line reason for a non-zero exit
+                errors.append(line)
+                log.error("%s", line)
+            else:
+                log.info("%s", line)
         code = proc.wait()
     finally:  # the task was stopped (timeout, SIGTERM): stop the CLI too, which shuts Ray down
         if proc.poll() is None:
@@ -90,12 +96,15 @@ def diffedit_batch(command: str, data_interval_start: datetime) -> None:
                 proc.kill()
     if code == 0:
         return
+    reason = f": {errors[-1][len('error: ') :]}" if errors else ""
     if code in FINAL:
+        # Only a run that finished (4) has written a summary; a configuration or input error has not.
+        see = "the output's .diffedit/summary.json" if code == 4 else "the error above"
         raise AirflowFailException(
-            f"diffedit-batch {command} for DS={ds} exited {code} ({FINAL[code]}): a retry would end the same "
-            "way; see the log above and the output's .diffedit/summary.json"
+            f"diffedit-batch {command} for DS={ds} exited {code} ({FINAL[code]}){reason}; a retry would end "
+            f"the same way; see {see}"
         )
-    raise RuntimeError(f"diffedit-batch {command} for DS={ds} exited {code}: the run failed; a retry resumes")
+    raise RuntimeError(f"diffedit-batch {command} for DS={ds} exited {code}{reason}; a retry resumes")
 
 
 with DAG(

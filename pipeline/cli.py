@@ -3,7 +3,9 @@
 Exit codes (``pipeline.job.ExitCode``): 0 success or nothing to do; 1 the run failed or storage/Ray
 could not be reached (a rerun resumes); 2 configuration or usage error (also: a model that cannot be
 found, a malformed Ray address, a missing Ray auth token); 3 unusable input (schema, null or duplicate
-ids) or an output that belongs to another configuration; 4 more rows failed than
+ids), an output that belongs to another configuration, or a committed part that cannot be read (``run
+--repair`` sets it aside and edits its rows again); 5 another live run owns the output (``pipeline.lease``:
+this run did nothing, or stopped committing when the other took over); 4 more rows failed than
 ``failure.max_failed_fraction`` allows; 143 (128 + SIGTERM) stopped by SIGTERM, e.g. Airflow's
 ``execution_timeout``: Ray shut down cleanly, the committed rows stay, a rerun resumes.
 """
@@ -11,6 +13,7 @@ ids) or an output that belongs to another configuration; 4 more rows failed than
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from typer.core import TyperOption
 from pipeline import signals
 from pipeline.config import ConfigError, JobConfig, StorageConfig, load_job
 from pipeline.job import ExitCode, package_version
+from pipeline.lease import OutputBusy
 from pipeline.manifest import ManifestError
 from pipeline.validate import InputError, StorageError
 
@@ -88,12 +92,20 @@ def _fail(code: ExitCode, message: str) -> typer.Exit:
     return typer.Exit(int(code))
 
 
+#: The original error's line inside Ray's text of a remote failure: ``pipeline.output.OwnershipLost: ...``
+_ORIGINAL = re.compile(r"^(?:[a-z_][a-z0-9_]*\.)+([A-Z]\w*): (.+)$")
+
+
 def _cause(exc: BaseException) -> str:
-    """A one-line cause: the exception's type and the last line of its message (Ray wraps the error
-    of a remote task or actor in a long message that ends with the original one)."""
+    """A one-line cause. Ray wraps the error of a remote task or actor in a long text (the remote
+    traceback, then advice about ``ray.data.DataContext`` retries): the original's own line
+    (``module.Class: message``) is shown when there is one, else the type and the first and last lines."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
+    originals = [m for m in map(_ORIGINAL.match, lines) if m]
+    if len(lines) > 1 and originals:
+        return f"{originals[-1].group(1)}: {originals[-1].group(2)}"
     first, last = lines[0], lines[-1]
     return (
         f"{type(exc).__name__}: {first}"
@@ -129,6 +141,12 @@ def run(
         "--retry-failed",
         help="Edit the committed failed rows again (after fixing their cause); their records are replaced.",
     ),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="Move committed parts that cannot be read (truncated, corrupt) to .diffedit/unreadable/ and "
+        "edit their rows again.",
+    ),
     verbose: bool = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
@@ -141,7 +159,7 @@ def run(
         if overwrite and retry_failed:
             raise ConfigError("--overwrite and --retry-failed exclude each other")
         job = _load(job_file)
-        outcome = run_job(job, overwrite=overwrite, address=address, retry_failed=retry_failed)
+        outcome = run_job(job, overwrite=overwrite, address=address, retry_failed=retry_failed, repair=repair)
     except signals.Terminated:
         _shutdown_ray()
         typer.echo(
@@ -158,6 +176,8 @@ def run(
         raise _fail(ExitCode.INPUT, f"input: {exc}") from None
     except StorageError as exc:
         raise _fail(ExitCode.ERROR, f"storage: {exc}; a rerun resumes") from None
+    except OutputBusy as exc:
+        raise _fail(ExitCode.BUSY, f"busy: {exc}") from None
     except Exception as exc:
         log.debug("run failed", exc_info=True)
         raise _fail(ExitCode.ERROR, f"run failed: {_cause(exc)}; a rerun resumes") from None
@@ -254,6 +274,29 @@ def prepare_shapes(
     records = shapes_rows(rows, seed=seed, size=size)
     path = write_manifest(records, out, StorageConfig(), SHAPES_SCHEMA)
     typer.echo(f"wrote {len(records)} rows to {path}")
+
+
+@prepare_app.command("model")
+def prepare_model(
+    out: str = typer.Option("models/shapes-v3", "--out", "-o", help="Where to put it (the presets' path)."),
+    name: str = typer.Option("shapes-v3", "--name", help="The bundled model."),
+    verbose: bool = VERBOSE,
+    quiet: bool = QUIET,
+) -> None:
+    """Copy the model bundled with the package (shapes-v3) to OUT, where the demo's preset finds it:
+    the demo from a wheel install, without a checkout."""
+    _command_logging(verbose, quiet)
+    from pipeline.prepare import copy_bundled_model
+
+    try:
+        copied = copy_bundled_model(name, out)
+    except ValueError as exc:
+        raise _fail(ExitCode.CONFIG, str(exc)) from None
+    typer.echo(
+        f"{out}: the bundled {name} is already there"
+        if not copied
+        else f"copied {name} to {out} ({copied} files)"
+    )
 
 
 @prepare_app.command("coco-recolor")

@@ -17,7 +17,8 @@ A job file (``jobs/*.yaml``) has these sections, every one optional except ``inp
 
 Rules (each violation is a ``ConfigError`` naming the file and the dotted key):
 
-* an unknown key or a wrong type is an error (integers are accepted for floats, never booleans);
+* an unknown key, a key written twice in one mapping or a wrong type is an error (integers are
+  accepted for floats, never booleans);
 * ``${VAR}`` in any string is replaced by the environment variable ``VAR`` (an error when unset),
   ``${VAR:-default}`` falls back to ``default``, ``$${`` is a literal ``${``;
 * presets are merged first (a preset is a partial job file), the job file last: mappings merge key by
@@ -312,8 +313,10 @@ def load_job(
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
+    text = path.read_text()
     try:
-        data = yaml.safe_load(path.read_text())
+        _check_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), str(path))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if data is None:
@@ -321,6 +324,29 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def _check_duplicate_keys(node: Any, source: str, where: str = "") -> None:
+    """A key written twice in one mapping is an error (YAML loaders keep the last one silently: a
+    second ``output:`` block would drop the first). Walks the composed node tree, naming the dotted key
+    and both lines."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            dotted = f"{where}.{key}" if where else str(key)
+            if key is not None and key != "<<":
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise ConfigError(
+                        f"{source}: {dotted}: duplicate key (line {line}; first at line {seen[key]}): "
+                        "write each key once"
+                    )
+                seen[key] = line
+            _check_duplicate_keys(value_node, source, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(item, source, f"{where}[{i}]")
 
 
 def resolve_preset(name: Any, job_path: Path, configs_dir: str | Path | None) -> Path:

@@ -6,7 +6,9 @@ One rule, used by the fetch stage and by the commit side:
   (after the storage library's own retries), access to it is denied, it is too large, undecodable, over
   a limit, outside the allow-list, or its parameters are wrong;
 * **transient**: the storage did not answer properly this time: connection refused or reset, connect
-  or read timeouts, HTTP 5xx, throttling (``SlowDown``, 503, 429), expired or missing credentials.
+  or read timeouts, HTTP 5xx, throttling (``SlowDown``, 503, 429), expired or missing credentials;
+* **rejected credentials** (``InvalidAccessKeyId``, ``SignatureDoesNotMatch``): neither; a retry gets
+  the same answer and the row is not at fault, so the run stops with exit 2 (a configuration error).
   These are retried with backoff by botocore (``pipeline.storage``: ``storage.retry_mode``,
   ``storage.max_attempts``) and by s3fs; when they persist, the stage raises ``TransientStorageError``,
   the Ray task fails, the run exits 1 and the row is not committed, so the next run edits it.
@@ -23,6 +25,7 @@ import errno
 import logging
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 #: botocore exception class names that mean "the endpoint did not answer properly" (matched by name
 #: along the class hierarchy, so that botocore need not be importable where this runs).
@@ -67,11 +70,17 @@ TRANSIENT_CODES = frozenset(
         "PriorRequestNotComplete",
         "ExpiredToken",
         "ExpiredTokenException",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
         "TokenRefreshRequired",
     }
 )
+
+#: S3 error codes that say the storage rejected the run's credentials (a key it does not know, a wrong
+#: secret, a malformed session token): a retry gets the same answer and the row is not at fault, so the
+#: run stops as a configuration error (exit 2) with ``StorageCredentialsError``.
+CREDENTIAL_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "InvalidClientTokenId",
+     "UnrecognizedClientException"}
+)  # fmt: skip
 
 #: errno values of an ``OSError`` that are transient (s3fs maps 503 SlowDown to EBUSY, 500 to EREMOTEIO).
 TRANSIENT_ERRNOS = frozenset(
@@ -80,6 +89,11 @@ TRANSIENT_ERRNOS = frozenset(
                  "ENETUNREACH", "ENETDOWN", "EPIPE", "EAGAIN")
     if hasattr(errno, name)
 )  # fmt: skip
+
+
+class StorageCredentialsError(RuntimeError):
+    """The storage rejected the credentials of the run's environment (``CREDENTIAL_CODES``): the job
+    stops with exit 2 and commits nothing more; the rows are not at fault. One line, no secret."""
 
 
 class TransientStorageError(RuntimeError):
@@ -119,7 +133,7 @@ def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` (or an error it was raised from) is a transient storage error (module docstring).
     An absent object (``FileNotFoundError``, after the storage library's retries) is permanent whatever
     it was raised from; otherwise the chain is followed, since s3fs wraps botocore's errors in plain
-    ``OSError``/``PermissionError`` (``InvalidAccessKeyId`` is the run's credentials, not the row)."""
+    ``OSError``/``PermissionError``. Rejected credentials are not transient (``rejected_credentials``)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -130,6 +144,29 @@ def is_transient(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def rejected_credentials(exc: BaseException) -> BaseException | None:
+    """The botocore error in ``exc``'s chain whose code says the credentials were rejected
+    (``CREDENTIAL_CODES``), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if "ClientError" in _class_names(current) and type(current).__module__.startswith("botocore"):
+            response = getattr(current, "response", None) or {}
+            if str((response.get("Error") or {}).get("Code", "")) in CREDENTIAL_CODES:
+                return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def credentials_message(where: str, exc: BaseException) -> str:
+    """The one-line message of rejected credentials at ``where`` (a redacted URI)."""
+    return (
+        f"{where}: the storage rejected the credentials of this environment ({describe(exc)}); "
+        "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE (or the instance role)"
+    )
 
 
 def describe(exc: BaseException) -> str:
@@ -153,6 +190,17 @@ RAY_RETRY_PATTERN = "TransientStorageError"
 def find_transient(exc: BaseException) -> TransientStorageError | None:
     """The ``TransientStorageError`` behind ``exc``, which may be a Ray task error that wraps it (Ray
     keeps the original as ``cause``; over a process boundary only its text may survive)."""
+    return find_raised(exc, TransientStorageError)
+
+
+def find_rejected_credentials(exc: BaseException) -> StorageCredentialsError | None:
+    """The ``StorageCredentialsError`` behind ``exc`` (a Ray task error may wrap it)."""
+    return find_raised(exc, StorageCredentialsError)
+
+
+def find_raised(exc: BaseException, cls: type[Exception]) -> Any:
+    """An exception of exactly ``cls`` (not Ray's ``RayTaskError(cls)``) in ``exc``'s causes, or one
+    rebuilt from the original's line in Ray's text (``pipeline.faults.<cls>: message``)."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -160,15 +208,13 @@ def find_transient(exc: BaseException) -> TransientStorageError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if type(current) is TransientStorageError:  # not Ray's RayTaskError(TransientStorageError)
+        if type(current) is cls:
             return current
         todo += [current.__cause__, current.__context__, getattr(current, "cause", None)]
-    marker = (
-        f".{RAY_RETRY_PATTERN}: "  # the original's line in Ray's text: "pipeline.faults.Transient...: msg"
-    )
+    marker = f".{cls.__name__}: "
     for line in str(exc).splitlines():
         if marker in line:
-            return TransientStorageError(line.split(marker, 1)[1].strip())
+            return cls(line.split(marker, 1)[1].strip())
     return None
 
 
@@ -200,12 +246,18 @@ def quiet_transient_tracebacks(logger_name: str = "ray.data") -> Iterator[None]:
 
 
 __all__ = [
+    "CREDENTIAL_CODES",
     "RAY_RETRY_PATTERN",
     "TRANSIENT_STATUS",
+    "StorageCredentialsError",
     "TransientStorageError",
+    "credentials_message",
     "describe",
+    "find_raised",
+    "find_rejected_credentials",
     "find_transient",
     "is_transient",
     "is_transient_status",
     "quiet_transient_tracebacks",
+    "rejected_credentials",
 ]

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.config import ConfigError, JobConfig
+from pipeline.faults import credentials_message, rejected_credentials
 from pipeline.storage import StorageError, filesystem, redact
 
 #: Bump when a change of this code alters the output rows of the same input and configuration (the
@@ -207,12 +208,18 @@ def _inspect_remote(job: JobConfig, url: str, where: str) -> ModelSource:
     try:
         listing = _list_remote(fs, root, redact(url))
     except ModelSourceError as exc:  # a listed path escaping the directory, or an OSError listing it
+        rejected = rejected_credentials(exc)
+        if rejected is not None:
+            raise ConfigError(credentials_message(where, rejected)) from None
         if isinstance(exc.__cause__, OSError):
             raise StorageError(f"{where}: cannot list: {exc.__cause__}") from None
         raise ConfigError(f"{where}: {exc}") from None
     except Exception as exc:
         if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
             raise ConfigError(f"{where}: no storage credentials in the environment ({exc})") from None
+        rejected = rejected_credentials(exc)
+        if rejected is not None:
+            raise ConfigError(credentials_message(where, rejected)) from None
         raise StorageError(f"{where}: cannot list: {type(exc).__name__}: {exc}") from None
     if not listing:
         raise ConfigError(f"{where}: no such model directory (nothing under it)")

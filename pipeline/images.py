@@ -12,6 +12,7 @@ switched off there so that it neither refuses an image the job allows nor names 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,10 +24,13 @@ from diffedit.images import to_rgb
 from pipeline.config import ImagesConfig, StorageConfig
 from pipeline.faults import (
     TRANSIENT_STATUS,
+    StorageCredentialsError,
     TransientStorageError,
+    credentials_message,
     describe,
     is_transient,
     is_transient_status,
+    rejected_credentials,
 )
 from pipeline.storage import filesystem, normalize_uri, redact, scheme_of
 
@@ -88,18 +92,26 @@ def _components(uri: str) -> tuple[str, str, int | None, list[str]] | None:
     return scheme, parts.netloc, None, _segments(parts.path)
 
 
+def real_path(uri: str) -> str:
+    """A local path or ``file://`` URI as the absolute path it really names, every symbolic link
+    resolved: the allow-list compares real paths, so a link inside an allowed folder that points
+    outside it (to a file or a folder) is outside."""
+    return os.path.realpath(normalize_uri(uri))
+
+
 def is_allowed(uri: str, allow: Sequence[str]) -> bool:
     """Whether ``uri`` lies inside one of the ``allow`` entries, compared by parsed components (scheme,
     bucket or host and port, then whole path segments), never as raw strings: ``s3://b`` does not admit
     ``s3://b-evil/x``, ``s3://b/bad`` does not admit ``s3://b/bad_evil/x``, ``https://good.example``
     does not admit ``https://good.example.evil.com/x`` nor ``https://good.example@evil.com/x``; ``..``
     cannot climb out. A bare scheme (``s3://``) allows the whole scheme; a local folder allows itself and
-    everything under it; an entry naming a file allows that file."""
+    everything under it; an entry naming a file allows that file. Local paths are compared as real paths
+    (``real_path``): a symbolic link is judged by where it leads."""
     if not allow or not isinstance(uri, str):
         return False
     scheme = scheme_of(uri)
     local = scheme in ("file", "local")
-    target = normalize_uri(uri) if local else _components(uri)
+    target = real_path(uri) if local else _components(uri)
     if target is None:
         return False
     for entry in allow:
@@ -114,7 +126,7 @@ def is_allowed(uri: str, allow: Sequence[str]) -> bool:
         if entry_local != local:
             continue
         if local:
-            prefix = normalize_uri(entry)
+            prefix = real_path(entry)
             # A folder allows itself and what lies under it, not a sibling sharing its name's start.
             if target == prefix or target.startswith(prefix.rstrip("/") + "/"):  # type: ignore[union-attr]
                 return True
@@ -134,8 +146,27 @@ def is_allowed(uri: str, allow: Sequence[str]) -> bool:
     return False
 
 
-def _refused(shown: str, images: ImagesConfig) -> ImageError:
-    return ImageError(f"image URI {shown} is not in the allow-list (images.allow: {list(images.allow)})")
+def has_user_info(uri: str) -> bool:
+    """Whether a remote URI names a user (``https://user@host/``, ``s3://key:secret@bucket/``)."""
+    return "://" in uri and "@" in urlsplit(uri).netloc
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` as messages show it: without credentials or query (``redact``), and with ``***@`` where
+    user info was, so that a URI refused for its user info does not read as one the allow-list holds."""
+    shown = redact(uri)
+    return shown.replace("://", "://***@", 1) if has_user_info(uri) else shown
+
+
+def _refused(uri: str, images: ImagesConfig) -> ImageError:
+    if has_user_info(uri):
+        return ImageError(
+            f"image URI {shown_uri(uri)} is refused: it carries user info (name or name:password before "
+            "the host), which images.allow never admits; credentials come only from the environment"
+        )
+    return ImageError(
+        f"image URI {redact(uri)} is not in the allow-list (images.allow: {list(images.allow)})"
+    )
 
 
 def fetch(uri: str, images: ImagesConfig, storage: StorageConfig) -> bytes:
@@ -148,17 +179,22 @@ def fetch(uri: str, images: ImagesConfig, storage: StorageConfig) -> bytes:
         raise ImageError("image URI is empty")
     shown = redact(uri)
     if not is_allowed(uri, images.allow):
-        raise _refused(shown, images)
+        raise _refused(uri, images)
     if scheme_of(uri) in ("http", "https"):
         data = _fetch_http(uri, images, storage)
     else:
         try:
             fs, path = filesystem(uri, storage)
+            if scheme_of(uri) in ("file", "local"):
+                path = real_path(uri)  # the file the allow-list checked, not a link swapped in since
             with fs.open(path, "rb") as f:
                 data = f.read(images.max_bytes + 1)
         except FileNotFoundError:
             raise ImageError(f"image {shown} not found") from None
         except Exception as exc:
+            rejected = rejected_credentials(exc)
+            if rejected is not None:  # the run's credentials, not the row: the run stops (exit 2)
+                raise StorageCredentialsError(credentials_message(f"image {shown}", rejected)) from None
             if is_transient(exc):
                 raise TransientStorageError(
                     f"cannot read image {shown} after retries (storage.max_attempts = {storage.max_attempts}): "

@@ -29,7 +29,6 @@ import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import IntEnum
@@ -42,22 +41,28 @@ import pyarrow.compute as pc
 from pipeline import output as O
 from pipeline import rows as R
 from pipeline import signals
-from pipeline.config import ConfigError, JobConfig
+from pipeline.cluster import LOOPBACK, check_resources, ensure_ray, ray_address  # noqa: F401 (re-exported)
+from pipeline.config import ConfigError, JobConfig, resolve_paths
 from pipeline.faults import (
     RAY_RETRY_PATTERN,
     TransientStorageError,
+    find_raised,
+    find_rejected_credentials,
     find_transient,
     quiet_transient_tracebacks,
 )
+from pipeline.lease import Heartbeat, OutputBusy, lease_fields, refuse_if_busy
 from pipeline.manifest import ManifestInfo
-from pipeline.plan import PlanCheck, connected_cluster, local_cluster, require_plan
 from pipeline.storage import filesystem, join, redact
-from pipeline.validate import InputError, StorageError, preflight  # noqa: F401 (re-exported)
+from pipeline.validate import (  # noqa: F401 (InputError, StorageError re-exported)
+    InputError,
+    Preflight,
+    StorageError,
+    UnreadableOutput,
+    preflight,
+)
 
 log = logging.getLogger("pipeline")
-
-#: The node address of a local Ray started by ``ensure_ray``.
-LOOPBACK = "127.0.0.1"
 
 
 class ExitCode(IntEnum):
@@ -69,6 +74,7 @@ class ExitCode(IntEnum):
     CONFIG = 2  # the job file or the command line is wrong
     INPUT = 3  # the input is unusable (schema, null/duplicate ids) or conflicts with the output
     POLICY = 4  # finished, but more rows failed than failure.max_failed_fraction allows
+    BUSY = 5  # another live run owns the output (pipeline.lease); this run did nothing more
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,12 @@ def new_run_id() -> str:
 
 
 def run_job(
-    job: JobConfig, *, overwrite: bool = False, address: str | None = None, retry_failed: bool = False
+    job: JobConfig,
+    *,
+    overwrite: bool = False,
+    address: str | None = None,
+    retry_failed: bool = False,
+    repair: bool = False,
 ) -> RunOutcome:
     """Run ``job`` to completion (see the module docstring). Raises ``ConfigError``, ``InputError`` or
     ``StorageError`` from the preflight, before Ray is started or anything is written, and anything
@@ -106,11 +117,34 @@ def run_job(
 
     ``retry_failed``: the committed ``failed`` rows are edited again, as if missing; each new record
     replaces the old one (the new part is committed first, then ``dedupe`` rewrites the old part
-    without it, keeping the ``ok`` / newest copy: a crash in between is repaired by the next run)."""
+    without it, keeping the ``ok`` / newest copy: a crash in between is repaired by the next run).
+
+    ``repair``: committed parts that cannot be read as Parquet are first moved to
+    ``.diffedit/unreadable/``, so their rows are missing and edited again. Without it such a part stops
+    the run (``UnreadableOutput``, exit 3, naming the files) and ``_SUCCESS`` is removed: the output is
+    no longer complete."""
     started = time.time()
     run_id = new_run_id()
+    resolved = resolve_paths(job)
+    fs, path = filesystem(resolved.output.path, resolved.storage)
+    try:
+        owner = O.read_json(fs, join(path, O.JOB_FILE))
+    except Exception:  # storage trouble: the preflight reports it
+        owner = None
+    refuse_if_busy(owner, job.output.path)  # another live run on this output: exit 5 at once
+    if repair:
+        moved = O.set_aside_unreadable(fs, path)
+        if moved:
+            shown = join(redact(path), O.UNREADABLE)
+            log.warning("--repair: %d unreadable part(s) moved to %s: %s", len(moved), shown, moved)
+        else:
+            log.info("--repair: every committed part of %s is readable", redact(path))
     # every check validate does, before Ray or any write (rows' texts only when there is work to do)
-    pre = preflight(job, overwrite=overwrite, retry_failed=retry_failed, texts_when_complete=False)
+    try:
+        pre = preflight(job, overwrite=overwrite, retry_failed=retry_failed, texts_when_complete=False)
+    except UnreadableOutput:
+        O.remove(fs, join(path, O.SUCCESS_FILE))  # a sensor must not take this output as complete
+        raise
     for line in pre.lines:
         if "WARNING" in line:
             log.warning("%s", line.replace("WARNING ", ""))
@@ -124,8 +158,7 @@ def run_job(
         )
         return RunOutcome(ExitCode.OK, "already_complete", message, summary)
     written, job = job, pre.job
-    manifest, input_ids = pre.manifest, pre.input_ids
-    input_set = set(input_ids)
+    input_set = set(pre.input_ids)
     retried = set(pre.failed_ids) if retry_failed and not overwrite else set()
     done = frozenset() if overwrite else frozenset(set(pre.committed) - retried)
     todo = len(input_set - done)
@@ -151,8 +184,35 @@ def run_job(
             "results_hash": pre.results_hash,
             "results_identity": pre.identity,
             "started_at": _iso(started),
+            **lease_fields(),  # where this driver runs, and its heartbeat (pipeline.lease)
         },
     )
+    heartbeat = Heartbeat(out_fs, out, run_id).start()
+    try:
+        return _edit_and_finish(
+            written, pre, out_fs, out, run_id=run_id, started=started, done=done, retried=retried
+        )
+    finally:
+        heartbeat.release()
+
+
+def _edit_and_finish(
+    written: JobConfig,
+    pre: Preflight,
+    out_fs: fsspec.AbstractFileSystem,
+    out: str,
+    *,
+    run_id: str,
+    started: float,
+    done: frozenset[str],
+    retried: set[str],
+) -> RunOutcome:
+    """``run_job`` once this run owns the output: edit the rows not in ``done``, remove duplicates, check
+    that every input id is there once, write ``summary.json`` and ``_SUCCESS``."""
+    job, manifest, input_ids = pre.job, pre.manifest, pre.input_ids
+    input_set = set(input_ids)
+    todo = len(input_set - done)
+    shown_out = redact(written.output.path)
     O.remove(out_fs, join(out, O.SUCCESS_FILE))
     O.remove(out_fs, join(out, O.STAGING), recursive=True)
     O.remove_legacy(out_fs, out)
@@ -203,7 +263,7 @@ def run_job(
     summary = build_summary(
         written, manifest, final, run_id=run_id, started=started, edit_seconds=edit_seconds,
         skipped=len(done), duplicates_removed=removed, results_hash=pre.results_hash,
-        retried=sorted(retried),
+        retried=sorted(retried), config_hash=job.config_hash,
     )  # fmt: skip
     passed = summary["output"]["failed_fraction"] <= job.failure.max_failed_fraction
     summary["status"] = "succeeded" if passed else "failed_policy"
@@ -233,6 +293,7 @@ def connect_ray(address: str | None) -> bool:
     # One filter object for the process: addFilter skips a filter already there, so repeated runs in
     # one process (tests, notebooks) do not stack copies.
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TOKEN_NOTICE)
+    logging.getLogger("ray._private.worker").addFilter(_NO_ANSI)  # "View the dashboard at <green URL>"
     try:
         return ensure_ray(address)
     except ValueError as exc:
@@ -267,6 +328,22 @@ class _DropMessages(logging.Filter):
 
 
 _TOKEN_NOTICE = _DropMessages("Token authentication is enabled")
+
+
+class _StripAnsi(logging.Filter):
+    """Removes ANSI colour codes from a Ray logger's records: Ray colours the dashboard URL of its
+    "Connected to Ray cluster" line even when the log is a file (cron, Airflow)."""
+
+    CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\x1b[" in message:
+            record.msg, record.args = self.CODES.sub("", message), None
+        return True
+
+
+_NO_ANSI = _StripAnsi()
 
 
 def _is_auth_error(exc: BaseException) -> bool:
@@ -343,7 +420,7 @@ def _run_plan(
     ds = ray.data.read_parquet(
         list(manifest.files), filesystem=in_fs, partitioning=None, file_extensions=["parquet"], **io
     )
-    ds = ds.repartition(target_num_rows_per_block=c.rows_per_block)
+    ds = repartition(ds, c.rows_per_block, strict=False, remote_args=io)
     ds = ds.map_batches(
         fetch_rows,
         batch_format="pyarrow",
@@ -371,8 +448,8 @@ def _run_plan(
             runtime_env={"env_vars": actor_env()},
             # Ray Data passes the actors' constructor arguments as object references, which Ray Core
             # cannot restore when it restarts an actor (Ray issues 53727, 57733): with restarts on, every
-            # run logs an ERROR line saying so. An actor that dies fails the run instead (exit 1), and
-            # the rerun resumes from the committed parts.
+            # run logs an ERROR line saying so. An actor that dies is not restarted: Ray Data starts a
+            # new one and edits the lost rows again (tests/pipeline/test_exit_codes.py).
             max_restarts=0,
             **memory,
         )
@@ -386,12 +463,17 @@ def _run_plan(
     # Parts of exactly output.rows_per_file rows (the last one of a run may hold fewer): re-block the
     # stream (a streaming repartition, not an all-to-all shuffle; strict: exact sizes, else Ray bundles
     # best-effort and leaves a small block per input block), and the sink merges what it gets.
-    ds = ds.repartition(target_num_rows_per_block=job.output.rows_per_file, strict=True)
+    ds = repartition(ds, job.output.rows_per_file, strict=True, remote_args=io)
     sink = O.make_datasink(out_fs, out, job.output.rows_per_file, run_id)
     try:
         with quiet_transient_tracebacks():
             ds.write_datasink(sink, ray_remote_args=io)
     except Exception as exc:
+        if find_raised(exc, O.OwnershipLost) is not None:
+            raise ownership_lost(out_fs, out, run_id) from None
+        rejected = find_rejected_credentials(exc)
+        if rejected is not None:  # exit 2: fix the environment; what was committed stays
+            raise ConfigError(str(rejected)) from None
         transient = find_transient(exc)
         if transient is None:
             raise
@@ -400,6 +482,45 @@ def _run_plan(
             f"(after {job.storage.task_retries} task retries); the rows concerned were not committed"
         ) from None
     return sink.written
+
+
+def ownership_lost(out_fs: fsspec.AbstractFileSystem, out: str, run_id: str) -> RuntimeError:
+    """The one-line error of a run whose commit found that it no longer owns the output: another run
+    took it over (``OutputBusy``, exit 5), or ``job.json`` is gone, the output deleted or cleared under
+    the run (exit 1: a rerun starts on what is left)."""
+    owner = O.read_json(out_fs, join(out, O.JOB_FILE))
+    if owner is None:
+        return RuntimeError(
+            f"output {redact(out)}: {O.JOB_FILE} is gone (the output was deleted or cleared while run "
+            f"{run_id} wrote to it); this run stopped committing"
+        )
+    return OutputBusy(
+        f"output {redact(out)} was taken over by run {owner.get('run_id')} (another run started on it); "
+        f"run {run_id} stopped committing, the rows it committed stay"
+    )
+
+
+def repartition(ds: Any, rows: int, *, strict: bool, remote_args: dict[str, Any]) -> Any:
+    """``ds.repartition(target_num_rows_per_block=rows, strict=strict)`` whose tasks reserve
+    ``remote_args`` (``compute.io_cpus``) like the job's other I/O stages, instead of Ray's default of
+    one whole CPU per map task.
+
+    Why: Ray Data (2.60) gives every operator a share of the cluster's CPUs (its resource budget) and
+    launches a task only when the task's CPUs fit in that share. On a 2-CPU node whose model actor holds
+    one CPU, a one-CPU re-blocking task never fits while the stages upstream of it still run: the
+    re-blocked rows queued ``backpressured:tasks(ResourceBudget)`` and every part was committed in the
+    last seconds of the run, so a run killed at 90 % had committed nothing. ``Dataset.repartition``
+    takes no ``ray_remote_args``, so they are set on the logical operator it just added (the same
+    field ``map_batches(num_cpus=...)`` fills); ``tests/pipeline/test_reliability_commit.py`` fails if
+    a Ray upgrade moves it."""
+    out = ds.repartition(target_num_rows_per_block=rows, strict=strict)
+    op = out._logical_plan.dag  # the StreamingRepartition just added
+    args = getattr(op, "ray_remote_args", None)
+    if not isinstance(args, dict):  # pragma: no cover - a Ray without the field: keep its default
+        log.warning("cannot set the resources of Ray Data's repartition (%s); it reserves 1 CPU", type(op))
+        return out
+    args.update(remote_args)
+    return out
 
 
 def actor_env() -> dict[str, str]:
@@ -423,59 +544,6 @@ def actor_env() -> dict[str, str]:
 HUB_ENV = ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_HOME")
 
 
-def ray_address(address: str | None = None) -> str | None:
-    """The cluster to drive: ``address``, else ``$RAY_ADDRESS``, else None (a local Ray). A driver needs
-    the head's GCS address (``host:6379``); ``http://host:8265`` is the Jobs API / dashboard address
-    that ``ray job submit`` uses, and is refused here (a configuration error, exit 2)."""
-    address = (address or os.environ.get("RAY_ADDRESS") or "").strip() or None
-    if address and address.startswith(("http://", "https://")):
-        raise ConfigError(
-            f"Ray address {address!r} is a Jobs API (dashboard) URL: a driver needs the head's GCS address "
-            "(host:6379). Use `ray job submit` with that URL, or --address / RAY_ADDRESS=host:6379 to drive"
-        )
-    return address
-
-
-def ensure_ray(address: str | None = None) -> bool:
-    """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray sized to this machine (the
-    cluster ``pipeline.plan.local_cluster`` describes). Returns True when a local Ray was started here."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = ray_address(address)
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return False
-    # A local Ray serves this driver alone: its nodes' address is the loopback one, so no part of it is
-    # reached through (or advertised on) the machine's network interfaces.
-    ray.init(
-        num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=True, _node_ip_address=LOOPBACK
-    )
-    return True
-
-
-def check_resources(
-    job: JobConfig,
-    address: str | None = None,
-    *,
-    connect: Callable[[str | None], Any] | None = ensure_ray,
-    log_warnings: bool = True,
-) -> PlanCheck:
-    """The plan check of ``validate`` and ``run`` (``pipeline.plan``): against this machine when no
-    Ray address is given and Ray is not running here (without starting Ray), else against the
-    cluster (connecting to it first with ``connect``, unless None). A plan that can never run is a
-    ``ConfigError`` (exit 2); warnings are logged (``log_warnings``)."""
-    import ray
-
-    address = ray_address(address)
-    if address is None and not ray.is_initialized():
-        return require_plan(job, local_cluster(), log_warnings=log_warnings)
-    if connect is not None:
-        connect(address)
-    return require_plan(job, connected_cluster(), log_warnings=log_warnings)
-
-
 # --------------------------------------------------------------------------- summary
 
 
@@ -491,9 +559,12 @@ def build_summary(
     duplicates_removed: int,
     results_hash: str,
     retried: list[str] | None = None,
+    config_hash: str | None = None,
 ) -> dict[str, Any]:
     """The run summary (``.diffedit/summary.json``): counts, throughput, durations, hashes, versions; errors
-    grouped by class (``group_errors``); ``retried``: the ids a ``--retry-failed`` run edited again."""
+    grouped by class (``group_errors``); ``retried``: the ids a ``--retry-failed`` run edited again.
+    ``job`` is the job as written (paths shown as the user wrote them); ``config_hash`` is the hash of the
+    resolved job that ``validate`` prints and ``job.json`` records (default: ``job``'s)."""
     statuses = final.column("status").to_pylist()
     ok = sum(1 for s in statuses if s == R.OK)
     rows = len(statuses)
@@ -527,7 +598,7 @@ def build_summary(
     return {
         "job": job.name,
         "config_file": job.source,
-        "config_hash": job.config_hash,
+        "config_hash": config_hash or job.config_hash,
         "results_hash": results_hash,
         "run_id": run_id,
         "started_at": _iso(started),

@@ -34,7 +34,8 @@ import pyarrow as pa
 
 from diffedit.params import EditParams
 from pipeline.config import ConfigError, StorageConfig
-from pipeline.storage import filesystem, parquet_file, scheme_of
+from pipeline.faults import credentials_message, rejected_credentials
+from pipeline.storage import filesystem, parquet_file, redact, scheme_of
 
 ID, IMAGE, IMAGE_BYTES, CAPTION, QUERY, SEED = "id", "image", "image_bytes", "caption", "query", "seed"
 OVERRIDE_COLUMNS: tuple[str, ...] = EditParams.field_names()
@@ -111,6 +112,9 @@ def resolve_files(
                     f"input.paths[{i}]: {uri}: no storage credentials in the environment "
                     f"({type(exc).__name__}: {exc})"
                 ) from None
+            rejected = rejected_credentials(exc)
+            if rejected is not None:
+                raise ConfigError(credentials_message(f"input.paths[{i}]: {redact(uri)}", rejected)) from None
             raise ManifestStorageError(
                 f"input.paths[{i}]: {uri}: cannot list: {type(exc).__name__}: {exc}"
             ) from None

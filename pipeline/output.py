@@ -7,6 +7,7 @@ Layout of ``output.path``::
     .diffedit/job.json                        the run that owns the folder: run id, results hash
     .diffedit/summary.json                    the last run's summary (written before _SUCCESS)
     .diffedit/staging/part-<hash>.parquet.<uuid>.tmp   parts being written; never read
+    .diffedit/unreadable/part-<hash>.parquet  corrupt parts set aside by ``run --repair``
 
 Only the parts are visible to readers. Everything else lives in the hidden ``.diffedit/`` folder, and a
 staged file's name does not end in ``.parquet``: pyarrow.dataset, pandas, Ray Data, Spark and DuckDB
@@ -50,8 +51,16 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 
+from diffedit.loading import files
 from pipeline import rows as R
-from pipeline.faults import TransientStorageError, describe, is_transient
+from pipeline.faults import (
+    StorageCredentialsError,
+    TransientStorageError,
+    credentials_message,
+    describe,
+    is_transient,
+    rejected_credentials,
+)
 from pipeline.storage import join, parquet_bytes, parquet_file, read_parquet, redact
 
 log = logging.getLogger(__name__)
@@ -63,6 +72,7 @@ STAGING = f"{META_DIR}/staging"
 JOB_FILE = f"{META_DIR}/job.json"
 SUMMARY_FILE = f"{META_DIR}/summary.json"
 SUCCESS_FILE = f"{META_DIR}/_SUCCESS"
+UNREADABLE = f"{META_DIR}/unreadable"  # parts set aside by ``run --repair``
 #: What earlier versions wrote directly in the folder (readers tripped on them): removed by every run.
 LEGACY_FILES = ("_SUCCESS", "_job.json", "_summary.json")
 LEGACY_DIRS = ("_staging",)
@@ -86,14 +96,46 @@ def part_files(fs: fsspec.AbstractFileSystem, out: str) -> list[str]:
     )
 
 
+class UnreadableParts(ValueError):
+    """Committed part files that cannot be read as Parquet (truncated, overwritten, not Parquet): the
+    output cannot be trusted until they are set aside (``set_aside_unreadable``, ``run --repair``)."""
+
+    def __init__(self, out: str, paths: list[str]) -> None:
+        self.paths = tuple(paths)
+        names = [posixpath.basename(p) for p in paths]
+        super().__init__(
+            f"output {redact(out)}: {len(names)} committed part(s) cannot be read as Parquet "
+            f"(truncated or corrupt): {names[:5]}{' ...' if len(names) > 5 else ''}. Their rows cannot be "
+            f"counted: `diffedit-batch run <job> --repair` moves them to {UNREADABLE}/ and edits their rows "
+            "again"
+        )
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """Whether reading a Parquet file failed because of its bytes (not the storage): Arrow's
+    ``ArrowInvalid`` (no magic bytes, 0 bytes, bad data) or an undecodable footer."""
+    if isinstance(exc, pa.ArrowInvalid):
+        return True
+    return isinstance(exc, OSError) and not is_transient(exc) and "thrift" in str(exc).lower()
+
+
 def read_parts(fs: fsspec.AbstractFileSystem, out: str, columns: list[str] | None = None) -> pa.Table:
-    """The committed rows (``columns`` only), with the column ``_file``; empty table if none."""
-    tables = []
+    """The committed rows (``columns`` only), with the column ``_file``; empty table if none.
+    ``UnreadableParts`` (naming every such file) when a part cannot be read."""
+    tables, unreadable = [], []
     for path in part_files(fs, out):
-        pf = parquet_file(fs, path)  # a pyarrow filesystem, never a Python file object
-        present = [c for c in columns if c in pf.schema_arrow.names] if columns else None  # older parts
-        table = pf.read(columns=present)
+        try:
+            pf = parquet_file(fs, path)  # a pyarrow filesystem, never a Python file object
+            present = [c for c in columns if c in pf.schema_arrow.names] if columns else None  # older parts
+            table = pf.read(columns=present)
+        except Exception as exc:
+            if not is_corrupt(exc):
+                raise
+            unreadable.append(path)
+            continue
         tables.append(table.append_column("_file", pa.array([path] * table.num_rows, pa.string())))
+    if unreadable:
+        raise UnreadableParts(out, unreadable)
     if not tables:
         schema = (
             R.OUTPUT_SCHEMA if columns is None else pa.schema([R.OUTPUT_SCHEMA.field(c) for c in columns])
@@ -113,17 +155,13 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None
 
 
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary name beside ``path``, then rename it to ``path``."""
-    parent = posixpath.dirname(path)
-    tmp = join(parent, f"_tmp.{posixpath.basename(path).lstrip('_')}.{uuid.uuid4().hex}")
-    fs.makedirs(parent, exist_ok=True)
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
+    """``data`` written to ``path`` on ``fs`` atomically (``diffedit.loading.files.write_bytes_atomic``,
+    the one mechanism: a hidden temporary name beside ``path``, then a rename)."""
+    files.write_bytes_atomic(path, data, fs)
 
 
 def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
-    write_bytes_atomic(fs, path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    files.write_json_atomic(path, obj, fs)
 
 
 def exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
@@ -140,6 +178,24 @@ def remove(fs: fsspec.AbstractFileSystem, path: str, recursive: bool = False) ->
             fs.rm(path, recursive=recursive)
     except FileNotFoundError:
         pass
+
+
+def set_aside_unreadable(fs: fsspec.AbstractFileSystem, out: str) -> list[str]:
+    """Move every committed part that cannot be read as Parquet to ``.diffedit/unreadable/`` (hidden
+    from readers, kept for inspection); the names moved. Their rows are then missing, so the next run
+    edits them again."""
+    moved = []
+    for path in part_files(fs, out):
+        try:
+            parquet_file(fs, path).read(columns=["id"])
+        except Exception as exc:
+            if not is_corrupt(exc):
+                raise
+            target = join(out, UNREADABLE, posixpath.basename(path))
+            fs.makedirs(join(out, UNREADABLE), exist_ok=True)
+            fs.mv(path, target)
+            moved.append(posixpath.basename(path))
+    return moved
 
 
 def clear_output(fs: fsspec.AbstractFileSystem, out: str) -> int:
@@ -189,7 +245,9 @@ def commit_table(
         owner = (read_json(fs, join(out, JOB_FILE)) or {}).get("run_id")
         if owner != run_id:
             remove(fs, tmp)
-            raise OwnershipLost(f"output {out} is now owned by run {owner}; run {run_id} stops committing")
+            raise OwnershipLost(
+                f"output {redact(out)} is now owned by run {owner}; run {run_id} stopped committing"
+            )
     final = join(out, name)
     fs.mv(tmp, final)
     return final
@@ -229,6 +287,11 @@ def commit_blocks(
         except OwnershipLost:
             raise
         except Exception as exc:
+            rejected = rejected_credentials(exc)
+            if rejected is not None:
+                raise StorageCredentialsError(
+                    credentials_message(f"output {redact(out)}", rejected)
+                ) from None
             if not is_transient(exc):
                 raise
             # botocore has retried every request with backoff; Ray Data re-runs the write task

@@ -183,11 +183,20 @@ def _shape_counts(nodes: tuple[Node, ...]) -> list[str]:
 # --------------------------------------------------------------------------- describing a cluster
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on: its CPU affinity (``taskset``, a container's cpuset), which
+    ``os.cpu_count()`` ignores (it counts the machine's). A local Ray and torch threads are sized by it."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # pragma: no cover - no affinity on this platform (macOS)
+        return os.cpu_count() or 1
+
+
 def local_cluster() -> ClusterDescription:
     """This machine as the local Ray that ``run`` starts without an address (``ensure_ray``): all its
     CPUs, the GPUs Ray detects, and ~70 % of the available memory (Ray gives the object store 30 %).
     Starts no Ray."""
-    cpus = float(os.cpu_count() or 1)
+    cpus = float(available_cpus())
     gpus = 0.0
     memory = 0.0
     try:  # Ray's own detection (CUDA_VISIBLE_DEVICES, NVML), as ray.init does

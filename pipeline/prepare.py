@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -351,3 +353,34 @@ def load_coco_captions(uri: str, storage: StorageConfig) -> dict[str, Any]:
         raise ValueError(f"captions file {uri} not found") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"captions file {uri} is not valid JSON: {exc}") from None
+
+
+# --------------------------------------------------------------------------- the bundled model
+
+#: The models shipped inside the package (``pipeline/models`` links to the repository's ``models/``;
+#: a wheel carries the files of ``BUNDLED_FILES`` of ``shapes-v3``).
+BUNDLED_MODELS = Path(__file__).resolve().parent / "models"
+BUNDLED = ("shapes-v3",)
+BUNDLED_FILES = ("model_index.json", "*/*.json", "*/*.safetensors")
+
+
+def copy_bundled_model(name: str, out: str | Path) -> int:
+    """Copy the files a load reads of the bundled model ``name`` to ``out`` (the presets look for
+    ``models/shapes-v3`` under the working directory); the number of files copied, 0 when ``out``
+    already holds them, byte for byte. ``ValueError``: an unknown name, or ``out`` holding other files."""
+    if name not in BUNDLED:
+        raise ValueError(f"no bundled model {name!r}; bundled: {list(BUNDLED)}")
+    source = BUNDLED_MODELS / name
+    files = sorted({f for pattern in BUNDLED_FILES for f in source.glob(pattern) if f.is_file()})
+    if not (source / "model_index.json").is_file() or not files:
+        raise ValueError(f"the bundled model {name} is missing from this installation ({source})")
+    dest = Path(out)
+    pairs = [(f, dest / f.relative_to(source)) for f in files]
+    if dest.exists() and any(dest.iterdir()):
+        if all(d.is_file() and d.read_bytes() == f.read_bytes() for f, d in pairs):
+            return 0
+        raise ValueError(f"{dest} exists and holds other files: remove it, or give another --out")
+    for f, d in pairs:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, d)
+    return len(pairs)

@@ -16,7 +16,6 @@ Nothing here imports Ray: the stages are plain callables, tested directly.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ from pipeline.config import ImagesConfig, JobConfig, LimitsConfig, StorageConfig
 from pipeline.images import ImageError, encode_png, load_row_image
 from pipeline.limits import check_limits
 from pipeline.manifest import IMAGE, IMAGE_BYTES, MAX_SEED, OVERRIDE_COLUMNS, default_seed
+from pipeline.plan import available_cpus
 from pipeline.storage import redact, scheme_of, storage_options
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class EditStage:
 
         compute = job.compute
         threads = compute.torch_threads or (
-            max(1, (os.cpu_count() or 1) // compute.max_actors)
+            max(1, available_cpus() // compute.max_actors)
             if compute.device == "cpu"
             else max(1, int(compute.cpus_per_actor))
         )

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
+from diffedit.loading.urls import redact_url
 from pipeline.config import StorageConfig
 
 
@@ -107,12 +108,9 @@ def join(base: str, *names: str) -> str:
 
 
 def redact(uri: str) -> str:
-    """``uri`` without user info or query string (``s3://user:pw@b/k?sig=...`` -> ``s3://b/k``)."""
-    if "://" not in uri:
-        return uri
-    parts = urlsplit(uri)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    """``uri`` without user info or query string (``s3://user:pw@b/k?sig=...`` -> ``s3://b/k``): the
+    library's ``redact_url`` (the one redactor) with the query dropped."""
+    return redact_url(uri, keep_query=False)
 
 
 def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> Any:

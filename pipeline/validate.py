@@ -24,15 +24,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import output as O
-from pipeline.config import JobConfig, resolve_paths
+from pipeline.config import ConfigError, JobConfig, resolve_paths
+from pipeline.faults import credentials_message, describe, is_transient, rejected_credentials
 from pipeline.identity import ModelSource, identity_difference, inspect_model, results_hash, results_identity
-from pipeline.images import is_allowed
+from pipeline.images import is_allowed, shown_uri
 from pipeline.manifest import IMAGE, ManifestError, ManifestInfo, inspect_manifest
 from pipeline.storage import StorageError, filesystem, join, parquet_file, redact
 
 
 class InputError(ValueError):
     """The input or the existing output prevents the run (exit code 3)."""
+
+
+class UnreadableOutput(InputError):
+    """A committed part cannot be read (``output.UnreadableParts``): exit 3 naming the files; ``run
+    --repair`` sets them aside and edits their rows again."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,17 @@ def preflight(
         parts = O.read_parts(out_fs, out, columns=["id", "status"])
         done = O.exists(out_fs, join(out, O.SUCCESS_FILE))
         prior = O.read_json(out_fs, join(out, O.JOB_FILE))
+    except O.UnreadableParts as exc:
+        raise UnreadableOutput(str(exc)) from None
     except (OSError, ValueError) as exc:
+        rejected = rejected_credentials(exc)
+        if rejected is not None:
+            raise ConfigError(credentials_message(f"output {shown}", rejected)) from None
+        if isinstance(exc, PermissionError) and not is_transient(exc):  # S3 answers a HEAD with a bare 403
+            raise ConfigError(
+                f"output {shown}: access denied ({describe(exc)}): the credentials of this environment "
+                "may not read it"
+            ) from None
         raise StorageError(f"output {shown}: cannot read: {type(exc).__name__}: {exc}") from None
     committed = parts.column("id").to_pylist()
     failed_ids = frozenset(
@@ -170,7 +186,7 @@ def _check_image_uris(job: JobConfig, manifest: ManifestInfo) -> list[str]:
                 if not is_allowed(uri, job.images.allow):
                     outside += 1
                     if len(examples) < 3:
-                        examples.append(redact(uri))
+                        examples.append(shown_uri(uri))
     if not total:
         return []
     if outside:
@@ -183,8 +199,8 @@ def _check_image_uris(job: JobConfig, manifest: ManifestInfo) -> list[str]:
 
 def validate_job(job: JobConfig, address: str | None = None) -> list[str]:
     """``preflight``'s report, with the resource plan checked as ``run`` checks it
-    (``pipeline.job.check_resources``: this machine without an address, else the live cluster)."""
-    from pipeline.job import check_resources
+    (``pipeline.cluster.check_resources``: this machine without an address, else the live cluster)."""
+    from pipeline.cluster import check_resources
 
     found = preflight(job)
     plan = check_resources(found.job, address, log_warnings=False)
@@ -268,6 +284,7 @@ __all__ = [
     "ManifestError",
     "Preflight",
     "StorageError",
+    "UnreadableOutput",
     "check_texts",
     "preflight",
     "validate_job",

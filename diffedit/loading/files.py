@@ -6,12 +6,15 @@ import contextlib
 import fcntl
 import json
 import os
+import posixpath
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["file_size", "flock", "list_local", "write_json_atomic"]
+import fsspec
+
+__all__ = ["file_size", "flock", "list_local", "write_bytes_atomic", "write_json_atomic"]
 
 
 def list_local(root: Path) -> set[str]:
@@ -24,14 +27,29 @@ def list_local(root: Path) -> set[str]:
     return files
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+def write_bytes_atomic(path: str | Path, data: bytes, fs: fsspec.AbstractFileSystem | None = None) -> None:
+    """Write ``data`` to a hidden temporary name beside ``path``, then rename it to ``path``: a reader
+    sees the old file or the new one, never part of one (a local rename is atomic; on S3 the object
+    appears whole). ``fs``: an fsspec filesystem and a path on it (default: the local disk). The one
+    atomic write of the project (``pipeline.output`` uses it for the output's markers)."""
+    fs = fs or fsspec.filesystem("file")
+    path = str(path)
+    parent, name = posixpath.split(path)
+    tmp = posixpath.join(parent, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    fs.makedirs(parent, exist_ok=True)
     try:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-        os.replace(tmp, path)
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
     finally:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            if fs.exists(tmp):
+                fs.rm(tmp)
+
+
+def write_json_atomic(path: str | Path, obj: Any, fs: fsspec.AbstractFileSystem | None = None) -> None:
+    """``obj`` as indented JSON (sorted keys), written with ``write_bytes_atomic``."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), fs)
 
 
 def file_size(path: Path) -> int | None:

@@ -17,17 +17,21 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-
 _SECRET_QUERY_KEY = re.compile(r"token|key|secret|signature|sig|credential|password|auth", re.IGNORECASE)
 
 
-def redact_url(url: str) -> str:
-    """``url`` without credentials: ``user:password@`` dropped, secret-looking query values replaced.
+def redact_url(url: str, *, keep_query: bool = True) -> str:
+    """``url`` without credentials: ``user:password@`` dropped, secret-looking query values replaced
+    (``keep_query=False``: the query and fragment dropped whole, as the batch job shows URIs).
 
     Plain paths come back unchanged; chained fsspec URLs (``a::b://...``) are redacted part by part.
+    The one URL redactor of the project (``pipeline.storage.redact`` is this with ``keep_query=False``).
     """
     if "::" in url:
-        return "::".join(redact_url(part) for part in url.split("::"))
+        return "::".join(redact_url(part, keep_query=keep_query) for part in url.split("::"))
     parts = urlsplit(url)
     if not parts.scheme or "://" not in url:
         return url
     netloc = parts.netloc.rpartition("@")[2]
+    if not keep_query:
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)

@@ -73,8 +73,8 @@ def test_coco_job_validates_against_a_fixture_manifest_on_s3(s3, tiny_model, tmp
     # The job is sized for a GPU cluster (compute/gpu): validate its plan as on one (pipeline.plan's
     # own tests cover the check; validating it against this CPU machine fails with exit 2).
     gpu_cluster = ClusterDescription(nodes=(Node(16, 1, 64 * GIB),) * 2, where="a GPU cluster")
-    monkeypatch.setattr("pipeline.job.local_cluster", lambda: gpu_cluster)
-    monkeypatch.setattr("pipeline.job.connected_cluster", lambda: gpu_cluster)
+    monkeypatch.setattr("pipeline.cluster.local_cluster", lambda: gpu_cluster)
+    monkeypatch.setattr("pipeline.cluster.connected_cluster", lambda: gpu_cluster)
     result = runner.invoke(app, ["validate", str(REPO / "jobs" / "coco_recolor.yaml")])
     assert result.exit_code == 0, result.output
     assert "compute: plan: 1-8 actor(s) of 2 CPU, 1 GPU, 0 GiB; 2 fit now" in result.output

@@ -42,7 +42,6 @@ def wrapped(inner: BaseException, outer: BaseException) -> BaseException:
         client_error("Whatever", 502),
         client_error("TooManyRequestsException", 429),
         wrapped(client_error("SlowDown", 503), OSError(errno.EBUSY, "Please reduce your request rate")),
-        wrapped(client_error("InvalidAccessKeyId", 403), PermissionError("The key does not exist")),
         ConnectionRefusedError(errno.ECONNREFUSED, "refused"),
         ConnectionResetError(errno.ECONNRESET, "reset"),
         TimeoutError("timed out"),
@@ -61,6 +60,8 @@ def test_transient(exc):
         FileNotFoundError("s3://b/k"),
         wrapped(client_error("NoSuchKey", 404), FileNotFoundError("The specified key does not exist")),
         wrapped(client_error("AccessDenied", 403), PermissionError("Access Denied")),
+        # rejected credentials stop the run with exit 2 (issue 20, item 6): not retried as transient
+        wrapped(client_error("InvalidAccessKeyId", 403), PermissionError("The key does not exist")),
         client_error("NoSuchBucket", 404),
         ValueError("bad"),
         OSError(errno.EIO, "some error"),

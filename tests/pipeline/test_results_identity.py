@@ -73,8 +73,8 @@ def test_another_checkout_with_the_model_moved_resumes_the_same_output(finished,
 def test_the_results_identity_is_what_determines_the_pixels(tmp_path):
     base = "input: {paths: [in]}\noutput: {path: out}\nmodel: {source: m}\n"
 
-    def job(extra: str = "", name: str = "a.yaml"):
-        (tmp_path / name).write_text(base + extra)
+    def job(extra: str = "", name: str = "a.yaml", start: str = base):
+        (tmp_path / name).write_text(start + extra)
         return load_job(tmp_path / name, env={})
 
     model = ModelSource("local", "/m", None, {"kind": "files", "weights_sha256": "a" * 64}, "")
@@ -83,7 +83,9 @@ def test_the_results_identity_is_what_determines_the_pixels(tmp_path):
     key = results_identity(job(), model)
     same = [
         results_identity(job(), moved),  # the model's location
-        results_identity(job("input: {paths: [/x/in]}\noutput: {path: /y/out}\n", "b.yaml"), model),
+        results_identity(
+            job("", "b.yaml", "input: {paths: [/x/in]}\noutput: {path: /y/out}\nmodel: {source: m}\n"), model
+        ),
         results_identity(
             job("compute: {actors: 1, batch_size: 1, max_batch: 2, torch_threads: 1}\n", "c.yaml"), model
         ),

@@ -1,0 +1,37 @@
+"""Issue 20, item 10: one config hash per run: what ``validate`` prints, ``job.json`` records and
+``summary.json`` reports are the same hash (of the job with its paths resolved), also when the job
+file writes relative paths."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from pipeline_testing import FAST_PARAMS, png_bytes, write_manifest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+
+def test_validate_job_json_and_summary_agree_on_the_config_hash(
+    ray_cluster, tiny_model, tmp_path, monkeypatch
+):
+    write_manifest(tmp_path / "in" / "m.parquet",
+                   [{"id": f"r{i}", "image_bytes": png_bytes(i), "query": "a blue circle"} for i in range(2)])  # fmt: skip
+    params = ", ".join(f"{k}: {v}" for k, v in FAST_PARAMS.items())
+    (tmp_path / "job.yaml").write_text(  # relative input and output: resolved against the working directory
+        f"input: {{paths: [in]}}\noutput: {{path: out}}\nmodel: {{source: '{tiny_model}'}}\n"
+        f"params: {{{params}}}\ncompute: {{batch_size: 2, torch_threads: 1}}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    checked = CliRunner().invoke(app, ["validate", "job.yaml"])
+    assert checked.exit_code == 0, checked.output
+    shown = re.search(r"config hash ([0-9a-f]{16})", checked.output).group(1)
+
+    result = CliRunner().invoke(app, ["run", "job.yaml", "--address", ray_cluster])
+    assert result.exit_code == 0, result.output
+    owner = json.loads((tmp_path / "out" / ".diffedit" / "job.json").read_text())["config_hash"]
+    summary = json.loads((tmp_path / "out" / ".diffedit" / "summary.json").read_text())["config_hash"]
+    assert owner == summary
+    assert summary.startswith(shown)
+    assert f"config hash         {shown}" in result.output  # the end-of-run table shows the same one
