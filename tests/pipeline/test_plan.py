@@ -121,10 +121,10 @@ def test_require_plan_names_the_job_file_in_one_line():
 
 
 def test_the_local_description_follows_this_machine(monkeypatch):
-    """One node with the machine's CPUs, whatever that count is (before, this compared os.cpu_count()
-    with itself on a machine whose count the description read from os.cpu_count())."""
+    """One node with the CPUs this process may use, whatever that count is (before, this compared
+    os.cpu_count() with itself; the count is now the process's CPU affinity, issue 20 item 13)."""
     for cpus in (3, 64):
-        monkeypatch.setattr(os, "cpu_count", lambda cpus=cpus: cpus)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cpus=cpus: set(range(cpus)))
         machine = local_cluster()
         assert len(machine.nodes) == 1 and machine.nodes[0].cpus == cpus
         assert machine.autoscaler is False and machine.nodes[0].memory > 0
