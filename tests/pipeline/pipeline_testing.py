@@ -150,3 +150,35 @@ def dead_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def installed_wheel(repo: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The package built as a wheel from a clean copy of ``repo`` (no .git, .venv, out, data, build
+    leftovers) and installed into a fresh venv that sees the shared dependencies through a .pth file;
+    (the venv, the environment to run it with)."""
+    import importlib.util
+
+    wheels = tmp_path / "wheels"
+    src = tmp_path / "src"  # a clean copy: the build must not depend on the working tree's leftovers
+    shutil.copytree(repo, src, ignore=shutil.ignore_patterns(".git", ".venv", "out", "data", "build", "*.egg-info",
+                                                            "__pycache__", ".pytest_cache"), symlinks=True)  # fmt: skip
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(wheels), str(src)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    shared = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "pyarrow").is_dir())
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DIFFEDIT_CONFIGS")}
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps",
+         str(next(wheels.glob("*.whl")))], capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr[-3000:]
+    # the dependencies from the shared environment, after the install (pip would otherwise see its
+    # editable diffedit-batch as already installed): a plain path line, so no editable finder runs
+    (site / "shared_dependencies.pth").write_text(shared + "\n")
+    return venv, env

@@ -3,16 +3,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from pipeline_testing import (
-    REPO,
-)
+from pipeline_testing import REPO, installed_wheel
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -38,31 +33,8 @@ def test_cli_surface_version_quiet_after_the_command_and_flag_help(finished, mon
 def test_the_installed_wheel_validates_the_demo_job(tmp_path):
     """``pip install .`` (a wheel, into a fresh venv that sees the shared dependencies through a .pth
     file) then ``diffedit-batch validate jobs/shapes_recolor.yaml`` from a checkout."""
-    wheels = tmp_path / "wheels"
-    src = tmp_path / "src"  # a clean copy: the build must not depend on the working tree's leftovers
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "out", "data", "build", "*.egg-info",
-                                                            "__pycache__", ".pytest_cache"), symlinks=True)  # fmt: skip
-    import importlib.util
-
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(wheels), str(src)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert build.returncode == 0, build.stderr[-3000:]
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    venv, env = installed_wheel(REPO, tmp_path)
     site = next((venv / "lib").glob("python*/site-packages"))
-    shared = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "pyarrow").is_dir())
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DIFFEDIT_CONFIGS")}
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps",
-         str(next(wheels.glob("*.whl")))], capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stderr[-3000:]
-    # the dependencies from the shared environment, after the install (pip would otherwise see its
-    # editable diffedit-batch as already installed): a plain path line, so no editable finder runs
-    (site / "shared_dependencies.pth").write_text(shared + "\n")
 
     checkout = tmp_path / "checkout"
     shutil.copytree(REPO / "jobs", checkout / "jobs")

@@ -4,15 +4,11 @@ from a wheel install without a checkout."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from pipeline_testing import REPO
+from pipeline_testing import REPO, installed_wheel
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -54,26 +50,7 @@ def test_prepare_model_copies_the_bundled_model_where_the_preset_looks(tmp_path,
 
 @pytest.mark.slow  # builds and installs a wheel (~1-2 min)
 def test_the_wheel_runs_the_demo_preflight_without_a_checkout(tmp_path):
-    wheels, src = tmp_path / "wheels", tmp_path / "src"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "out", "data", "build", "*.egg-info",
-                                                            "__pycache__", ".pytest_cache"), symlinks=True)  # fmt: skip
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(wheels), str(src)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert build.returncode == 0, build.stderr[-3000:]
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    site = next((venv / "lib").glob("python*/site-packages"))
-    shared = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "pyarrow").is_dir())
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DIFFEDIT_CONFIGS")}
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps",
-         str(next(wheels.glob("*.whl")))], capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stderr[-3000:]
-    (site / "shared_dependencies.pth").write_text(shared + "\n")
+    venv, env = installed_wheel(REPO, tmp_path)
     empty = tmp_path / "empty"  # no checkout: only the job file
     (empty / "jobs").mkdir(parents=True)
     shutil.copy(REPO / "jobs" / "shapes_recolor.yaml", empty / "jobs")
