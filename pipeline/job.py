@@ -449,7 +449,8 @@ def _run_plan(
             # Ray Data passes the actors' constructor arguments as object references, which Ray Core
             # cannot restore when it restarts an actor (Ray issues 53727, 57733): with restarts on, every
             # run logs an ERROR line saying so. An actor that dies is not restarted: Ray Data starts a
-            # new one and edits the lost rows again (tests/pipeline/test_exit_codes.py).
+            # new one and edits the lost rows again, or fails the run (exit 1) when it died inside a
+            # batch, and the rerun resumes (tests/pipeline/test_exit_codes.py).
             max_restarts=0,
             **memory,
         )

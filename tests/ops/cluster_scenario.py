@@ -132,7 +132,9 @@ def run(
         code, out = p.returncode, p.stdout + p.stderr
     except subprocess.TimeoutExpired as exc:
         code, out = "timeout", f"{exc.stdout or ''}{exc.stderr or ''}"
-    step = {"cmd": cmd, "code": code, "seconds": round(time.time() - start, 1), "output": out[-6000:]}
+    # the head (which cluster the CLI connected to) and the tail (its summary) of a long output
+    kept = out if len(out) <= 9000 else out[:3000] + "\n[...]\n" + out[-6000:]
+    step = {"cmd": cmd, "code": code, "seconds": round(time.time() - start, 1), "output": kept}
     results[name] = step
     print(f"{name}: exit {code} in {step['seconds']} s", flush=True)
     return step

@@ -172,13 +172,12 @@ def _rerun_resumes(job: Path, ray_cluster: str, kept: dict[str, bytes], rows: in
 
 
 @pytest.mark.slow
-def test_an_actor_that_dies_mid_run_is_replaced_and_every_row_is_committed_once(
-    ray_cluster, tiny_model, tmp_path
-):
-    """README said an actor that dies fails the run (exit 1). What Ray Data 2.60 does with the model
-    actors' max_restarts=0: the dead actor is not restarted, a new one is started in its place and
-    the rows it held are edited again; the run succeeds with every id committed once, and the parts
-    committed before the death are left as they were."""
+def test_an_actor_that_dies_mid_run_loses_no_row_and_duplicates_none(ray_cluster, tiny_model, tmp_path):
+    """An actor killed mid-run (the model actors have max_restarts=0). Ray Data 2.60 does one of two
+    things, both seen here: it starts a new actor and edits the dead one's rows again (the run exits 0),
+    or, when the actor died inside a batch, it fails the run (exit 1, one line, "a rerun resumes") and
+    the rerun edits what is missing. Either way the parts committed before the death stay as they were
+    and every id ends committed exactly once."""
     rows = 8
     job = _job(tmp_path, tiny_model, rows=rows, params=SLOW_ROWS)
     out, log = tmp_path / "out", tmp_path / "driver.log"
@@ -194,11 +193,17 @@ def test_an_actor_that_dies_mid_run_is_replaced_and_every_row_is_committed_once(
         if driver.poll() is None:
             driver.kill()
     output = log.read_text()
-    assert driver.returncode == 0, output[-4000:]
+    assert driver.returncode in (0, 1), output[-4000:]
     assert len(kept) < rows, "the actor died after the last commit"
+    assert all((out / name).read_bytes() == data for name, data in kept.items())
+    if driver.returncode == 1:
+        errors = error_lines(output)
+        assert len(errors) == 1 and errors[0].endswith("; a rerun resumes"), output[-4000:]
+        assert not (out / O.SUCCESS_FILE).exists()
+        _rerun_resumes(job, ray_cluster, _committed(out), rows)
+        return
     summary = json.loads((out / O.SUMMARY_FILE).read_text())
     assert summary["output"]["ok"] == rows and summary["output"]["duplicates_removed"] == 0
-    assert all((out / name).read_bytes() == data for name, data in kept.items())
     ids = read_output(out).column("id").to_pylist()
     assert sorted(ids) == [f"row-{i:02d}" for i in range(rows)]
     assert (out / O.SUCCESS_FILE).exists()
