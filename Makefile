@@ -27,7 +27,7 @@ TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 test: install
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# The slow tests (~13 min): a 2-node Ray cluster and the Jobs API, Airflow 2 and 3 in throwaway venvs,
+# The slow tests (~22 min under load): a 2-node Ray cluster and the Jobs API, Airflow 2 and 3 in throwaway venvs,
 # S3 fault injection, the wheel, 30 + 30 CLI processes. CI runs them after `make test`.
 test-slow: install
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow --deselect tests/benchmarks/test_archs.py $(PYTEST_ARGS)
