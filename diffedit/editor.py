@@ -7,8 +7,13 @@ Per call of ``edit``:
      ``max_batch`` (the n mask draws and both texts of all rows in one flat batch);
   3. text embeddings once per unique prompt (kept in an LRU cache across calls), then each row's own
      conditioning from them (SDXL: the row's size conditions, ``ModelBundle.condition_rows``);
-  4. VAE encode -> step 1 mask -> step 2 encode -> step 3 decode -> VAE decode;
-  5. results resized back to each input's original size, with counters.
+  4. VAE encode -> step 1 mask -> step 2 encode -> step 3 decode -> VAE decode -> scores
+     (``diffedit.scores``, when the editor has a ``Scoring``);
+  5. results resized back to each input's original size, with counters;
+  6. with a ``Selection`` of K candidates, each row is edited K times with seeds derived from its own
+     (``diffedit.select``): the candidates share the VAE encode and the inversion (which do not depend
+     on the seed) and the best by the selection's weighted score is returned, with every candidate's
+     seed and scores.
 
 No hidden randomness: each row's draws come from generators seeded from the row's seed (one stream
 per stage, ``stage_generator``), and every per-row statistic is computed from that row alone, so a
@@ -21,7 +26,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +40,8 @@ from diffedit.images import map_to_pil, model_resolution, pil_to_tensor, tensor_
 from diffedit.mask import diffedit_mask
 from diffedit.params import EditParams
 from diffedit.schedule import alpha_at, ddim_timesteps, mask_timestep
+from diffedit.scores import Scoring, alignment_errors, alignment_score, mask_statistics, preservation
+from diffedit.select import Selection, candidate_params, candidate_seed, choose
 
 MAX_SEED = 2**63 - 1
 
@@ -68,6 +75,10 @@ class EditResult:
     input_latent: torch.Tensor  # (C, h, w) the clean input latent x_0, on the CPU
     latent: torch.Tensor  # (C, h, w) the edited latent y_0, on the CPU
     counters: dict[str, float] = field(default_factory=dict)  # evaluations and seconds per stage
+    scores: dict[str, float | None] = field(default_factory=dict)  # diffedit.scores (empty: no Scoring)
+    candidate: int = 0  # which candidate was kept (0: the plain edit, seeded ``seed``)
+    candidate_seed: int = 0  # the seed the kept candidate was edited with
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every candidate: seed and scores
 
 
 def stage_generator(seed: int, stage: str) -> torch.Generator:
@@ -85,6 +96,8 @@ class _Row:
     pixels: torch.Tensor  # (3, H', W') in [-1, 1] at the model's resolution
     size: tuple[int, int]  # original (width, height)
     model_size: tuple[int, int]  # (W', H')
+    candidate: int = 0  # k of diffedit.select
+    seed: int = 0  # the candidate's seed (candidate 0: the request's)
 
 
 class DiffEditor:
@@ -96,13 +109,24 @@ class DiffEditor:
         params: EditParams | None = None,
         max_batch: int = 16,
         cache_size: int = 4096,
+        scoring: Scoring | None = None,
+        selection: Selection | None = None,
     ) -> None:
+        """``scoring``: the scores to compute (None: none); ``selection``: best-of-K (None: K = 1).
+        Selecting needs the scores it ranks by."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if selection is not None and selection.candidates > 1:
+            have = _computed(scoring)
+            missing = sorted(set(selection.by) - have)
+            if missing:
+                raise ValueError(f"selection ranks by {missing}, which the scoring does not compute")
         self.bundle = bundle
         self.params = params or EditParams()
         self.max_batch = max_batch
         self.cache_size = cache_size
+        self.scoring = scoring
+        self.selection = selection or Selection()
         self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> (L, D)
 
     # ------------------------------------------------------------------ validation
@@ -133,7 +157,13 @@ class DiffEditor:
 
     # ------------------------------------------------------------------ editing
     def edit(self, requests: Sequence[EditRequest]) -> list[EditResult]:
-        """Edit every request; results in the same order. Raises if any request is invalid."""
+        """Edit every request; results in the same order. Raises if any request is invalid.
+        With K candidates per row, each result is the row's best (``diffedit.select``)."""
+        return [self._select(candidates) for candidates in self.edit_candidates(requests)]
+
+    def edit_candidates(self, requests: Sequence[EditRequest]) -> list[list[EditResult]]:
+        """Every candidate of every request, in candidate order (one each when K = 1); each
+        candidate's counters are its own work (the shared encode counted on candidate 0)."""
         requests = list(requests)
         for i, request in enumerate(requests):
             try:
@@ -141,8 +171,9 @@ class DiffEditor:
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"request {i} ({request.id or 'no id'}): {exc}") from None
         rows = [self._prepare(i, r) for i, r in enumerate(requests)]
+        units = [unit for row in rows for unit in self._candidates(row)]
         buckets: dict[tuple, list[_Row]] = {}
-        for row in rows:
+        for row in units:
             key = (
                 row.model_size,
                 row.params.num_inference_steps,
@@ -150,11 +181,45 @@ class DiffEditor:
                 row.params.encode_method,
             )
             buckets.setdefault(key, []).append(row)
-        results: list[EditResult | None] = [None] * len(rows)
+        per_row: list[list[EditResult]] = [[] for _ in rows]
         for bucket in buckets.values():
             for row, result in zip(bucket, self._edit_bucket(bucket), strict=True):
-                results[row.index] = result
-        return results  # type: ignore[return-value]
+                per_row[row.index].append(result)
+        return [sorted(c, key=lambda r: r.candidate) for c in per_row]
+
+    def _candidates(self, row: _Row) -> list[_Row]:
+        """The row's K candidates, each with its seed and parameters (one when K = 1, or when a given
+        mask and DDIM inversion leave nothing random: every candidate would be the same edit)."""
+        k = self.selection.candidates
+        if (
+            row.request.mask is not None
+            and row.params.encode_method == "ddim"
+            and not self.selection.variants
+        ):
+            k = 1
+        seed, variants = int(row.request.seed), self.selection.variants
+        return [
+            replace(
+                row,
+                candidate=c,
+                seed=candidate_seed(seed, c),
+                params=candidate_params(row.params, variants, c),
+            )
+            for c in range(k)
+        ]
+
+    def _select(self, candidates: list[EditResult]) -> EditResult:
+        """The best candidate (``diffedit.select``), carrying every candidate's seed and scores and the
+        counters of all of them (the row's cost)."""
+        best = candidates[choose([c.scores for c in candidates], self.selection.by)]
+        counters: dict[str, float] = {}
+        for c in candidates:
+            for key, value in c.counters.items():
+                counters[key] = counters.get(key, 0) + value
+        listed = [
+            {"candidate": c.candidate, "seed": c.candidate_seed, "scores": c.scores} for c in candidates
+        ]
+        return replace(best, counters=counters, candidates=listed)
 
     def edit_images(
         self,
@@ -198,6 +263,7 @@ class DiffEditor:
             pixels=pil_to_tensor(image),
             size=request.image.size,
             model_size=model_size,
+            seed=int(request.seed),
         )
 
     def text_embeddings(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -217,17 +283,26 @@ class DiffEditor:
 
     @torch.inference_mode()
     def _edit_bucket(self, rows: list[_Row]) -> list[EditResult]:
+        """Edit a bucket of candidate rows (``_Row.candidate``); the candidates of one request share
+        its VAE encode and, with DDIM inversion, its trajectory (charged to its first candidate)."""
         b = self.bundle
         B = len(rows)
         device = b.device
         p0 = rows[0].params  # steps, encode steps and method are shared by the bucket
-        seconds = {"vae": 0.0, "mask": 0.0, "encode": 0.0, "decode": 0.0}
-        evals = {stage: torch.zeros(B, dtype=torch.int64) for stage in ("mask", "encode", "decode")}
+        seconds = {"vae": 0.0, "mask": 0.0, "encode": 0.0, "decode": 0.0, "score": 0.0}
+        stages = ("mask", "encode", "decode", "score")
+        evals = {stage: torch.zeros(B, dtype=torch.int64) for stage in stages}
         clock = _Clock(device)
+        # The requests of the bucket: U sources, each row's source and each source's first row.
+        sources = list(dict.fromkeys(r.index for r in rows))  # (U,) request indices
+        src = torch.tensor([sources.index(r.index) for r in rows])  # (B,) row -> source
+        first = torch.tensor([[r.index for r in rows].index(i) for i in sources])  # (U,) source -> row
+        U = len(sources)
 
-        # VAE encode: the clean latents x_0.  # (B, C, h, w)
-        pixels = torch.stack([r.pixels for r in rows])  # (B, 3, H, W)
-        x0 = torch.cat([b.vae_encode(chunk) for chunk in pixels.split(self.max_batch)], dim=0)
+        # VAE encode of each source: the clean latents x_0.  # (U, C, h, w) -> (B, C, h, w)
+        pixels = torch.stack([rows[int(j)].pixels for j in first])  # (U, 3, H, W)
+        x0_src = torch.cat([b.vae_encode(chunk) for chunk in pixels.split(self.max_batch)], dim=0)
+        x0 = x0_src[src.to(device)]  # (B, C, h, w)
         seconds["vae"] += clock.lap()
         _, C, h, w = x0.shape
 
@@ -240,14 +315,14 @@ class DiffEditor:
             per_prompt = torch.stack([emb[t] for t in texts]).to(device)  # (B, L', D)
             return b.condition_rows(per_prompt, [r.size for r in rows], [r.model_size for r in rows])
 
-        emb_query = stack([r.request.query for r in rows])
-        emb_caption = stack([r.request.caption for r in rows])
-        emb_negative = stack([r.params.negative_prompt for r in rows])
-        emb_empty = stack([""] * B)
+        emb_query = stack([r.request.query for r in rows])  # (B, L', D)
+        emb_caption = stack([r.request.caption for r in rows])  # (B, L', D)
+        emb_negative = stack([r.params.negative_prompt for r in rows])  # (B, L', D)
+        emb_empty = stack([""] * B)  # (B, L', D)
         schedule = ddim_timesteps(b.scheduler_config, p0.num_inference_steps)  # (S,) ascending
         enc_timesteps = schedule[: p0.num_encode_steps]  # (K,)
 
-        # Step 1: masks, for the rows that were not given one.  # (B, h, w)
+        # Step 1: masks, for the rows that were not given one (each candidate its own draws).  # (B, h, w)
         soft = torch.zeros(B, h, w, dtype=x0.dtype)
         binary = torch.zeros(B, h, w, dtype=torch.bool)
         todo = [i for i, r in enumerate(rows) if r.request.mask is None]
@@ -259,7 +334,7 @@ class DiffEditor:
             idx = torch.tensor(todo)
             noises = []
             for i in todo:
-                gen = stage_generator(int(rows[i].request.seed), "mask")
+                gen = stage_generator(rows[i].seed, "mask")
                 noises.append(torch.randn((rows[i].params.num_mask_draws, C, h, w), generator=gen))
             t_mask = torch.tensor([mask_timestep(schedule, rows[i].params.mask_strength) for i in todo])
             evals_mask = torch.zeros(len(todo), dtype=torch.int64)
@@ -290,27 +365,28 @@ class DiffEditor:
 
         # Step 2: encode to tau_K, keeping every timestep's latent.  # K+1 x (B, C, h, w)
         if p0.encode_method == "ddim":
+            # DDIM inversion does not depend on the seed: once per source, shared by its candidates.
             emb_encode = torch.stack(
                 [
-                    emb_caption[i] if r.params.encode_conditioning == "caption" else emb_empty[i]
-                    for i, r in enumerate(rows)
+                    emb_caption[j] if rows[j].params.encode_conditioning == "caption" else emb_empty[j]
+                    for j in first.tolist()
                 ]
-            )
-            trajectory = ddim_encode(
+            )  # (U, L', D)
+            evals_encode = torch.zeros(U, dtype=torch.int64)
+            trajectory_src = ddim_encode(
                 b.eps,
-                x0,
+                x0_src,
                 enc_timesteps,
                 b.alphas_cumprod,
                 emb_encode,
                 max_batch=self.max_batch,
-                evals=evals["encode"],
-            )
+                evals=evals_encode,
+            )  # K+1 x (U, C, h, w)
+            trajectory = [x[src.to(device)] for x in trajectory_src]  # K+1 x (B, C, h, w)
+            evals["encode"][first] = evals_encode
         else:
             noise = torch.stack(
-                [
-                    torch.randn((C, h, w), generator=stage_generator(int(r.request.seed), "encode"))
-                    for r in rows
-                ]
+                [torch.randn((C, h, w), generator=stage_generator(r.seed, "encode")) for r in rows]
             )  # (B, C, h, w)
             trajectory = noise_encode(x0, noise, enc_timesteps, b.alphas_cumprod)
         seconds["encode"] += clock.lap()
@@ -334,35 +410,83 @@ class DiffEditor:
         images = torch.cat([b.vae_decode(chunk) for chunk in y0.split(self.max_batch)], dim=0)
         seconds["vae"] += clock.lap()
 
-        results = []
+        # Text alignment (diffedit.scores): E_Q, E_R of each source's input once and of every candidate's
+        # edit, on the source's own draws.  # (B, 2, h, w) each
+        errors_input = errors_edit = None
+        sc = self.scoring
+        if sc is not None and sc.alignment:
+            draws = sc.alignment_draws
+            t_align = torch.tensor(
+                [mask_timestep(schedule, s) for s in sc.alignment_strengths for _ in range(draws)]
+            )  # (J K,)
+            score_noise = torch.stack(
+                [
+                    torch.randn((len(t_align), C, h, w), generator=stage_generator(rows[j].seed, "score"))
+                    for j in first.tolist()
+                ]
+            )  # (U, J K, C, h, w)
+            errors = alignment_errors(
+                b.eps,
+                torch.cat([x0_src, y0]),  # (U + B, C, h, w)
+                torch.cat([score_noise, score_noise[src]]),  # (U + B, J K, C, h, w)
+                t_align,
+                alpha_at(b.alphas_cumprod, t_align),
+                torch.cat([emb_query[first.to(device)], emb_query]),
+                torch.cat([emb_caption[first.to(device)], emb_caption]),
+                max_batch=self.max_batch,
+                owners=torch.cat([first, torch.arange(B)]),
+                evals=evals["score"],
+            ).cpu()  # (U + B, 2, h, w)
+            errors_input, errors_edit = errors[:U][src], errors[U:]  # (B, 2, h, w) each
+            seconds["score"] += clock.lap()
+
+        edits, masks, row_scores = [], [], []
         for i, r in enumerate(rows):
             edited = tensor_to_pil(images[i])
             if edited.size != r.size:
                 edited = edited.resize(r.size, Image.Resampling.LANCZOS)
             if r.params.paste_background:
                 edited = paste_background(edited, to_rgb(r.request.image), binary[i])
+            mask_binary = map_to_pil(binary[i], r.size, binary=True)
+            scores: dict[str, float | None] = {}
+            if sc is not None:
+                clock.lap()  # the conversions above are no stage's time
+                if sc.preservation:
+                    scores["psnr"], scores["ssim"] = preservation(
+                        edited, to_rgb(r.request.image), mask_binary, device
+                    )
+                if sc.mask:
+                    scores["mask_components"], scores["mask_largest"] = mask_statistics(binary[i])
+                if errors_edit is not None and errors_input is not None:
+                    scores["alignment"] = alignment_score(errors_edit[i], errors_input[i], binary[i])
+                seconds["score"] += clock.lap()
+            edits.append(edited)
+            masks.append(mask_binary)
+            row_scores.append(scores)
+
+        results = []
+        for i, r in enumerate(rows):
+            shared = i in first.tolist()  # the row that carries its source's shared work
             counters: dict[str, float] = {
                 "unet_evals": int(sum(int(e[i]) for e in evals.values())),
-                "unet_evals_mask": int(evals["mask"][i]),
-                "unet_evals_encode": int(evals["encode"][i]),
-                "unet_evals_decode": int(evals["decode"][i]),
-                "vae_encodes": 1,
+                **{f"unet_evals_{stage}": int(evals[stage][i]) for stage in stages},
+                "vae_encodes": int(shared),
                 "vae_decodes": 1,
             }
-            for stage in ("mask", "encode", "decode"):
+            for stage in stages:
                 total = int(evals[stage].sum())
                 share = int(evals[stage][i]) / total if total else 1.0 / B
                 counters[f"seconds_{stage}"] = seconds[stage] * share
             counters["seconds_vae"] = seconds["vae"] / B
             counters["seconds_total"] = sum(
-                counters[f"seconds_{s}"] for s in ("mask", "encode", "decode", "vae")
+                counters[f"seconds_{s}"] for s in ("mask", "encode", "decode", "score", "vae")
             )
             results.append(
                 EditResult(
                     id=r.request.id,
-                    image=edited,
+                    image=edits[i],
                     mask_soft=map_to_pil(soft[i], r.size, binary=False),
-                    mask_binary=map_to_pil(binary[i], r.size, binary=True),
+                    mask_binary=masks[i],
                     mask_soft_latent=soft[i].numpy().astype(np.float32),
                     mask_binary_latent=binary[i].numpy().copy(),
                     mask_area=float(binary[i].float().mean()),
@@ -375,6 +499,9 @@ class DiffEditor:
                     input_latent=x0[i].cpu(),
                     latent=y0[i].cpu(),
                     counters=counters,
+                    scores=row_scores[i],
+                    candidate=r.candidate,
+                    candidate_seed=r.seed,
                 )
             )
         return results
@@ -402,6 +529,17 @@ def _given_mask_to_latent(mask: np.ndarray, latent_hw: tuple[int, int]) -> torch
     m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]  # (1, 1, H, W)
     small = torch.nn.functional.interpolate(m, size=latent_hw, mode="area")  # (1, 1, h, w)
     return small[0, 0] > 0
+
+
+def _computed(scoring: Scoring | None) -> set[str]:
+    """The score names a ``Scoring`` computes."""
+    if scoring is None:
+        return set()
+    return (
+        ({"psnr", "ssim"} if scoring.preservation else set())
+        | ({"mask_components", "mask_largest"} if scoring.mask else set())
+        | ({"alignment"} if scoring.alignment else set())
+    )
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
