@@ -117,7 +117,7 @@ class DiffEditor:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if selection is not None and selection.candidates > 1:
-            have = _computed(scoring)
+            have = set(scoring.names) if scoring is not None else set()
             missing = sorted(set(selection.by) - have)
             if missing:
                 raise ValueError(f"selection ranks by {missing}, which the scoring does not compute")
@@ -127,6 +127,11 @@ class DiffEditor:
         self.cache_size = cache_size
         self.scoring = scoring
         self.selection = selection or Selection()
+        self.clip = None
+        if scoring is not None and scoring.clip_model:
+            from diffedit.clip import ClipScorer
+
+            self.clip = ClipScorer(scoring.clip_model, device=bundle.device)
         self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> (L, D)
 
     # ------------------------------------------------------------------ validation
@@ -463,6 +468,17 @@ class DiffEditor:
             edits.append(edited)
             masks.append(mask_binary)
             row_scores.append(scores)
+        if self.clip is not None:  # diffedit.clip: one image forward per edit and per input
+            clock.lap()
+            clip_scores = self.clip.score(
+                [to_rgb(r.request.image) for r in rows],
+                edits,
+                [r.request.caption for r in rows],
+                [r.request.query for r in rows],
+            )
+            for scores, extra in zip(row_scores, clip_scores, strict=True):
+                scores.update(extra)
+            seconds["score"] += clock.lap()
 
         results = []
         for i, r in enumerate(rows):
@@ -529,17 +545,6 @@ def _given_mask_to_latent(mask: np.ndarray, latent_hw: tuple[int, int]) -> torch
     m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]  # (1, 1, H, W)
     small = torch.nn.functional.interpolate(m, size=latent_hw, mode="area")  # (1, 1, h, w)
     return small[0, 0] > 0
-
-
-def _computed(scoring: Scoring | None) -> set[str]:
-    """The score names a ``Scoring`` computes."""
-    if scoring is None:
-        return set()
-    return (
-        ({"psnr", "ssim"} if scoring.preservation else set())
-        | ({"mask_components", "mask_largest"} if scoring.mask else set())
-        | ({"alignment"} if scoring.alignment else set())
-    )
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -34,6 +34,9 @@ component count). Each is computed from one edit and its own input alone: no bat
    raise its AUC (the limit is the signal, not the estimate's noise). Cost: 2 J K UNet evaluations per
    image (no guidance), the input once per row and every candidate once (4 + 4 per row at K = 1).
 
+4. CLIP (``diffedit.clip``), when ``Scoring.clip_model`` names a transformers CLIP model on disk:
+   ``score_clip_text``, ``score_clip_caption``, ``score_clip_direction``, ``score_clip_image``.
+
 Every score can be switched off (``Scoring``); a switched-off score is null.
 """
 
@@ -46,14 +49,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffedit.clip import CLIP_SCORE_NAMES
 from diffedit.mask import reconstruct
 from diffedit.modelcall import EpsFn, call_eps
 from diffedit.schedule import add_noise
 
 #: PSNR of an unchanged background is infinite; it is reported as this many dB.
 PSNR_CAP = 100.0
-#: Score names, as columns are named without the ``score_`` prefix.
-SCORE_NAMES = ("psnr", "ssim", "mask_components", "mask_largest", "alignment")
+#: Score names, as columns are named without the ``score_`` prefix (the CLIP ones: ``diffedit.clip``).
+SCORE_NAMES = ("psnr", "ssim", "mask_components", "mask_largest", "alignment", *CLIP_SCORE_NAMES)
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class Scoring:
     alignment: bool = True  # score_alignment (2 x strengths x draws UNet evaluations per image)
     alignment_strengths: tuple[float, ...] = (0.1, 0.2)  # noise strengths in (0, 1], as mask_strength
     alignment_draws: int = 1  # noise draws per strength
+    clip_model: str | None = None  # a local directory or hf://org/name of a transformers CLIP model
 
     def __post_init__(self) -> None:
         problems = []
@@ -74,6 +79,16 @@ class Scoring:
             problems.append(f"alignment_draws must be >= 1, got {self.alignment_draws}")
         if problems:
             raise ValueError("invalid scoring: " + "; ".join(problems))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The score names this scoring computes."""
+        return (
+            (("psnr", "ssim") if self.preservation else ())
+            + (("mask_components", "mask_largest") if self.mask else ())
+            + (("alignment",) if self.alignment else ())
+            + (CLIP_SCORE_NAMES if self.clip_model else ())
+        )
 
     @property
     def alignment_evals(self) -> int:

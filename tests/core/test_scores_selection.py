@@ -14,8 +14,15 @@ from PIL import Image
 
 from diffedit.editor import DiffEditor, EditRequest
 from diffedit.params import EditParams
-from diffedit.scores import PSNR_CAP, SCORE_NAMES, Scoring, alignment_errors, alignment_score, contrast
-from diffedit.scores import mask_statistics, preservation
+from diffedit.scores import (
+    PSNR_CAP,
+    Scoring,
+    alignment_errors,
+    alignment_score,
+    contrast,
+    mask_statistics,
+    preservation,
+)
 from diffedit.select import Selection, candidate_params, candidate_seed, choose, objective, unet_evals_per_row
 
 FAST = EditParams(num_inference_steps=10, num_mask_draws=3)
@@ -127,7 +134,11 @@ def test_candidate_seeds_and_params_are_derived_and_fixed():
 
 
 def test_choose_maximises_the_weighted_sum_and_ranks_nulls_last():
-    cands = [{"alignment": 0.1, "psnr": 30.0}, {"alignment": 0.3, "psnr": 20.0}, {"alignment": None, "psnr": 99}]
+    cands = [
+        {"alignment": 0.1, "psnr": 30.0},
+        {"alignment": 0.3, "psnr": 20.0},
+        {"alignment": None, "psnr": 99},
+    ]
     assert choose(cands, {"alignment": 1.0}) == 1
     assert choose(cands, {"alignment": 1.0, "psnr": 0.1}) == 0  # 3.1 against 2.3
     assert objective(cands[2], {"alignment": 1.0}) == -math.inf
@@ -162,7 +173,7 @@ def test_scores_do_not_change_the_edit_and_candidate_0_is_the_plain_edit(bundle6
     best = DiffEditor(bundle, FAST, max_batch=64, scoring=Scoring(), selection=Selection(candidates=3))
     candidates = best.edit_candidates(rows)
     for p, s, cands in zip(plain, scored, candidates, strict=True):
-        assert p.scores == {} and set(s.scores) == set(SCORE_NAMES)
+        assert p.scores == {} and set(s.scores) == set(Scoring().names)
         assert np.array_equal(np.asarray(p.image), np.asarray(s.image))
         assert [c.candidate for c in cands] == [0, 1, 2]
         assert [c.candidate_seed for c in cands] == [candidate_seed(p.seed, k) for k in range(3)]
@@ -198,12 +209,12 @@ def test_a_rows_candidates_and_choice_do_not_depend_on_its_batch_mates(bundle64,
     bundle = bundle64
     editor = DiffEditor(bundle, FAST, max_batch=64, scoring=Scoring(), selection=Selection(candidates=2))
     alone = editor.edit([rows[0]])[0]
-    batched = DiffEditor(bundle, FAST, max_batch=5, scoring=Scoring(), selection=Selection(candidates=2)).edit(
-        [rows[1], rows[0], rows[2]]
-    )[1]
+    batched = DiffEditor(
+        bundle, FAST, max_batch=5, scoring=Scoring(), selection=Selection(candidates=2)
+    ).edit([rows[1], rows[0], rows[2]])[1]
     assert batched.id == "a" and batched.candidate == alone.candidate
     assert np.array_equal(alone.mask_binary_latent, batched.mask_binary_latent)
-    for name in SCORE_NAMES:
+    for name in Scoring().names:
         assert batched.scores[name] == pytest.approx(alone.scores[name], rel=1e-9, abs=1e-12), name
 
 
