@@ -235,19 +235,24 @@ def preview(
     out: str = typer.Option("preview.png", "--out", "-o", help="The PNG to write."),
     rows: int = typer.Option(8, "--rows", "-n", min=1, help="How many rows to show."),
     cell: int = typer.Option(160, "--cell", min=32, help="Cell size in pixels."),
+    show: str = typer.Option(
+        "all", "--show", help="Which rows: all, kept (by the job's filter) or rejected."
+    ),
     endpoint_url: str | None = ENDPOINT,
     region: str | None = REGION,
     anonymous: bool = ANONYMOUS,
     verbose: bool = VERBOSE,
     quiet: bool = QUIET,
 ) -> None:
-    """Render a contact sheet (input | mask | edit) of some output rows, with caption, query and, for
-    rows of the shapes world, the strict judge's verdict."""
+    """Render a contact sheet (input | mask | edit) of some output rows, with caption, query, scores,
+    the filter's verdict and, for rows of the shapes world, the strict judge's verdict."""
     _command_logging(verbose, quiet)
     from pipeline.preview import render_preview
 
     try:
-        shown = render_preview(output, out, _storage(endpoint_url, region, anonymous), rows=rows, cell=cell)
+        shown = render_preview(
+            output, out, _storage(endpoint_url, region, anonymous), rows=rows, cell=cell, show=show
+        )
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(ExitCode.INPUT, str(exc)) from None
     judged = (

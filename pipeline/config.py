@@ -14,6 +14,9 @@ A job file (``jobs/*.yaml``) has these sections, every one optional except ``inp
     images:  {allow: [...], max_bytes: ..., max_pixels: ..., max_side: ..., modes: [...]}
     failure: {max_failed_fraction: 0.05}
     limits:  {max_inference_steps: 200, max_mask_draws: 64, ...}   # per-row cost ceilings
+    scoring: {preservation: true, mask: true, alignment: true, ...}  # score_* columns (diffedit.scores)
+    selection: {candidates: 1, by: {alignment: 1.0}}                 # best-of-K (diffedit.select)
+    filter:  {min: {alignment: 0.5}, max: {mask_components: 3}}       # the keep / reject_reason columns
 
 Rules (each violation is a ``ConfigError`` naming the file and the dotted key):
 
@@ -213,6 +216,45 @@ class FailureConfig:
 
 
 @dataclass(frozen=True)
+class ScoringConfig:
+    """The scores every ok row gets (``diffedit.scores``: units, ranges and cost); a score switched off
+    is a null column. ``alignment`` costs 2 x strengths x draws UNet evaluations per image (the input
+    once, each candidate once)."""
+
+    preservation: bool = True  # score_psnr, score_ssim: input vs edit outside the mask
+    mask: bool = True  # score_mask_components, score_mask_largest
+    alignment: bool = True  # score_alignment: the model's own "fits the query rather than the caption"
+    alignment_strengths: tuple[float, ...] = (0.1, 0.2)  # noise strengths in (0, 1]
+    alignment_draws: int = 1  # noise draws per strength
+    # A transformers CLIP model on disk (a local directory, relative to the working directory, or
+    # hf://org/name already in the local Hugging Face cache): the four score_clip_* columns. Never
+    # downloaded; one that is not there is a configuration error (exit 2) before anything runs.
+    clip_model: str | None = None
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Best-of-K (``diffedit.select``): ``candidates`` edits per row with seeds derived from the row's,
+    the one with the highest ``by`` kept (score name -> weight, a weighted sum of ``score_*`` values)."""
+
+    candidates: int = 1
+    by: dict[str, float] = field(default_factory=lambda: {"alignment": 1.0})
+    # Parameter overrides of candidates 1, 2, ... in turn (candidate 0 is the plain edit); mask and
+    # decoding parameters only (diffedit.select.VARIANT_KEYS), so the candidates share the inversion.
+    variants: tuple[dict[str, bool | int | float | str], ...] = ()
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Thresholds on the scores (names without ``score_``): an ok row is kept when every named score is
+    present and ``>= min[name]`` and ``<= max[name]``; the others get ``keep`` false and a
+    ``reject_reason`` naming each failed bound. Rows are never dropped: a dataset user filters on ``keep``."""
+
+    min: dict[str, float] = field(default_factory=dict)
+    max: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """A whole job, validated; ``source`` is the job file it came from."""
 
@@ -226,6 +268,9 @@ class JobConfig:
     images: ImagesConfig = field(default_factory=ImagesConfig)
     failure: FailureConfig = field(default_factory=FailureConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
     source: str = "<dict>"
     presets: tuple[str, ...] = ()
 
@@ -267,6 +312,9 @@ def resolve_paths(job: JobConfig, cwd: str | None = None) -> JobConfig:
             source=source,
             cache_dir=absolute(job.model.cache_dir) if job.model.cache_dir else None,
         ),
+        scoring=dataclasses.replace(
+            job.scoring, clip_model=absolute(job.scoring.clip_model) if job.scoring.clip_model else None
+        ),
         images=dataclasses.replace(
             job.images,
             allow=tuple(a if a.rstrip("/").endswith(":") else absolute(a) for a in job.images.allow),
@@ -283,6 +331,9 @@ SECTIONS: dict[str, type] = {
     "images": ImagesConfig,
     "failure": FailureConfig,
     "limits": LimitsConfig,
+    "scoring": ScoringConfig,
+    "selection": SelectionConfig,
+    "filter": FilterConfig,
 }
 TOP_LEVEL = frozenset({*SECTIONS, "params", "name", "presets"})
 
@@ -569,8 +620,78 @@ def _check_ranges(job: JobConfig) -> None:
         problems.append(
             f"failure.max_failed_fraction must be in [0, 1], got {job.failure.max_failed_fraction}"
         )
+    problems += _scoring_problems(job)
     if problems:
         raise ConfigError(f"{src}: " + "; ".join(problems))
+
+
+#: The most candidates a row may be edited with (each costs a mask and a decode).
+MAX_CANDIDATES = 64
+
+
+def computed_scores(scoring: ScoringConfig) -> tuple[str, ...]:
+    """The score names (without ``score_``) a job's scoring computes."""
+    from diffedit.scores import Scoring
+
+    return Scoring(**dataclasses.asdict(scoring)).names if _valid_scoring(scoring) else ()
+
+
+def _valid_scoring(sc: ScoringConfig) -> bool:
+    return (
+        bool(sc.alignment_strengths)
+        and all(0.0 < v <= 1.0 for v in sc.alignment_strengths)
+        and sc.alignment_draws >= 1
+    )
+
+
+def scoring_of(job: JobConfig) -> Any:
+    """The job's ``scoring`` as the library's ``diffedit.scores.Scoring``."""
+    from diffedit.scores import Scoring
+
+    return Scoring(**dataclasses.asdict(job.scoring))
+
+
+def _scoring_problems(job: JobConfig) -> list[str]:
+    from diffedit.scores import SCORE_NAMES
+
+    problems = []
+    sc, sel = job.scoring, job.selection
+    if not sc.alignment_strengths or not all(0.0 < v <= 1.0 for v in sc.alignment_strengths):
+        problems.append(
+            f"scoring.alignment_strengths must list values in (0, 1], got {list(sc.alignment_strengths)}"
+        )
+    if sc.alignment_draws < 1:
+        problems.append(f"scoring.alignment_draws must be >= 1, got {sc.alignment_draws}")
+    if not 1 <= sel.candidates <= MAX_CANDIDATES:
+        problems.append(f"selection.candidates must be in [1, {MAX_CANDIDATES}], got {sel.candidates}")
+    from diffedit.select import VARIANT_KEYS
+
+    for i, variant in enumerate(sel.variants):
+        bad = sorted(set(variant) - VARIANT_KEYS)
+        if bad:
+            problems.append(
+                f"selection.variants[{i}]: {bad} may not vary between candidates (the inversion is shared); "
+                f"a variant may set {sorted(VARIANT_KEYS)}"
+            )
+            continue
+        try:
+            EditParams.from_dict(variant, source=f"selection.variants[{i}]", base=job.params)
+        except (TypeError, ValueError) as exc:
+            problems.append(str(exc))
+    have = computed_scores(sc)
+    if not sel.by:
+        problems.append("selection.by must name at least one score")
+    for where, names in (
+        ("selection.by", sel.by),
+        ("filter.min", job.filter.min),
+        ("filter.max", job.filter.max),
+    ):
+        for name in names:
+            if name not in SCORE_NAMES:
+                problems.append(f"{where}.{name}: unknown score; known: {list(SCORE_NAMES)}")
+            elif name not in have and (where != "selection.by" or sel.candidates > 1):
+                problems.append(f"{where}.{name}: the score is switched off in scoring")
+    return problems
 
 
 # --------------------------------------------------------------------------- typing
@@ -602,6 +723,13 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         if value not in choices:
             raise ConfigError(f"{where}: must be one of {list(choices)}, got {value!r}")
         return value
+    if origin is dict:
+        key_hint, value_hint = get_args(hint)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {_type_name(value)} {value!r}")
+        return {
+            coerce(k, key_hint, f"{where}"): coerce(v, value_hint, f"{where}.{k}") for k, v in value.items()
+        }
     if origin is tuple:
         args = get_args(hint)
         if not isinstance(value, (list, tuple)):
@@ -637,6 +765,8 @@ def _describe(hint: Any) -> str:
     if origin is tuple:
         args = get_args(hint)
         return "a list" if args and args[-1] is Ellipsis else f"a list of {len(args)} items"
+    if origin is dict:
+        return "a mapping"
     if hint is type(None):
         return "null"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
@@ -663,12 +793,15 @@ __all__ = [
     "ComputeConfig",
     "ConfigError",
     "FailureConfig",
+    "FilterConfig",
     "ImagesConfig",
     "InputConfig",
     "JobConfig",
     "LimitsConfig",
     "ModelConfig",
     "OutputConfig",
+    "ScoringConfig",
+    "SelectionConfig",
     "StorageConfig",
     "build_job",
     "deep_merge",

@@ -14,6 +14,10 @@ key                    from
 ``images``             the image limits and modes (``images.*`` except the ``allow`` list, an
                        access policy: a refused row fails with its reason, it is not edited)
 ``compute``            ``device`` and ``dtype`` (they change the numbers)
+``scoring``            which scores, at which noise levels and draws (the ``score_*`` columns);
+                       a CLIP model by the sha256 of its files, never its path
+``selection``          the candidates and the objective (which candidate a row keeps)
+``filter``             the thresholds (the ``keep`` and ``reject_reason`` columns)
 =====================  ========================================================================
 
 Not in it: the input, output, model and cache paths, the job file's location, the name, the
@@ -56,7 +60,7 @@ from pipeline.storage import StorageError, filesystem, redact
 #: Bump when a change of this code alters the output rows of the same input and configuration (the
 #: DiffEdit steps, image decoding or PNG encoding, the output schema). Documentation, logging,
 #: scheduling and storage changes leave it alone.
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2  # 2: scores, candidates, keep / reject_reason and provenance columns (issue 17)
 
 #: How a Hugging Face Hub repository is written in ``model.source``.
 HUB_SCHEME = "hf://"
@@ -84,12 +88,23 @@ def sha256_json(data: Any) -> str:
 def results_identity(job: JobConfig, model: ModelSource) -> dict[str, Any]:
     """THE definition of what the output rows are a function of (see the module docstring)."""
     data = job.to_dict()
+    scoring = dict(data["scoring"])
+    if scoring.get("clip_model"):  # the CLIP model's content, never its path
+        from diffedit.clip import ClipModelError, clip_fingerprint
+
+        try:
+            scoring["clip_model"] = {"sha256": clip_fingerprint(scoring["clip_model"])}
+        except (ClipModelError, OSError) as exc:
+            raise ConfigError(f"{job.source}: scoring.clip_model: {exc}") from None
     return {
         "results_version": RESULTS_VERSION,
         "model": model.fingerprint,
         "params": data["params"],
         "images": {k: v for k, v in data["images"].items() if k != "allow"},
         "compute": {k: data["compute"][k] for k in ("device", "dtype")},
+        "scoring": scoring,
+        "selection": data["selection"],
+        "filter": data["filter"],
     }
 
 

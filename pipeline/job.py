@@ -248,6 +248,9 @@ def _edit_and_finish(
         "warning",
         "run_id",
         "unet_evals",
+        "keep",
+        "reject_reason",
+        *[f.name for f in R.SCORE_FIELDS],
         *[f"seconds_{s}" for s in R.STAGE_SECONDS],
     ]
     final = O.read_parts(out_fs, out, columns=columns)
@@ -458,7 +461,7 @@ def _run_plan(
         encode_rows,
         batch_format="pyarrow",
         batch_size=None,
-        fn_kwargs={"run_id": run_id, "version": package_version()},
+        fn_kwargs={"run_id": run_id, "version": package_version(), "keep_rule": job.filter},
         **io,
     )
     # Parts of exactly output.rows_per_file rows (the last one of a run may hold fewer): re-block the
@@ -645,10 +648,51 @@ def build_summary(
             "unet_evals": int(sum(v for v in mine.column("unet_evals").to_pylist() if v)),
             "seconds_per_stage": seconds,
         },
+        "dataset": dataset_figures(final),
         "errors": errors,
         "model": redact(job.model.source),
         "compute": {k: v for k, v in job.to_dict()["compute"].items()},
         "versions": versions,
+    }
+
+
+def dataset_figures(final: pa.Table) -> dict[str, Any]:
+    """The output as a dataset: the yield (kept / ok), how many ok rows each filter bound rejected, and
+    each score's distribution over the ok rows (n, mean, min, 5/25/50/75/95th percentiles, max)."""
+    names = final.column_names
+    ok_rows = [r for r in final.select([c for c in names if c != "_file"]).to_pylist() if r["status"] == R.OK]
+    kept = sum(1 for r in ok_rows if r.get("keep"))
+    rejected_by: Counter[str] = Counter()
+    for r in ok_rows:
+        for reason in (r.get("reject_reason") or "").split("; "):
+            if reason:
+                rejected_by[reason.split(" ")[0]] += 1
+    scores: dict[str, Any] = {}
+    for f in R.SCORE_FIELDS:
+        values = sorted(float(r[f.name]) for r in ok_rows if r.get(f.name) is not None)
+        if not values:
+            continue
+
+        def q(p: float, v: list[float] = values) -> float:
+            return round(v[min(len(v) - 1, int(p * (len(v) - 1) + 0.5))], 4)
+
+        scores[f.name] = {
+            "n": len(values),
+            "mean": round(sum(values) / len(values), 4),
+            "min": values[0],
+            "p5": q(0.05),
+            "p25": q(0.25),
+            "p50": q(0.5),
+            "p75": q(0.75),
+            "p95": q(0.95),
+            "max": values[-1],
+        }
+    return {
+        "ok": len(ok_rows),
+        "kept": kept,
+        "yield": round(kept / len(ok_rows), 4) if ok_rows else None,
+        "rejected_by": dict(sorted(rejected_by.items())),
+        "scores": scores,
     }
 
 
@@ -678,6 +722,17 @@ def summary_table(summary: dict[str, Any]) -> str:
     for stage, v in (run.get("seconds_per_stage") or {}).items():
         if v.get("mean_per_row") is not None:
             lines.append((f"  {stage}", f"{v['mean_per_row']:.3f} s/row ({v['total']:.1f} s)"))
+    data = summary.get("dataset") or {}
+    if data.get("ok"):
+        rejected = ", ".join(f"{k} {v}" for k, v in (data.get("rejected_by") or {}).items())
+        lines.append(
+            ("kept (yield)", f"{data['kept']} of {data['ok']} ok ({data['yield']:.1%})"
+             + (f"; rejected by {rejected}" if rejected else ""))
+        )  # fmt: skip
+        for name, d in (data.get("scores") or {}).items():
+            lines.append(
+                (f"  {name}", f"median {d['p50']:.4g} [p5 {d['p5']:.4g}, p95 {d['p95']:.4g}] (n {d['n']})")
+            )
     lines += [
         ("config hash", str(summary.get("config_hash", ""))[:16]),
         ("run id", summary.get("run_id", "")),

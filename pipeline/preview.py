@@ -1,6 +1,7 @@
 """``diffedit-batch preview``: a PNG contact sheet (input | mask | edit) of some output rows, each with
-its caption (R) and query (Q), and, for rows of the shapes world, the strict judge's verdict
-(``diffedit.shapes.judge``: the row's id names a held-out task whose ground truth is known)."""
+its caption (R) and query (Q), its scores and filter verdict (``keep``, ``reject_reason``), and, for
+rows of the shapes world, the strict judge's verdict (``diffedit.shapes.judge``: the row's id names a
+held-out task whose ground truth is known). ``show`` picks all rows, the kept ones or the rejected ones."""
 
 from __future__ import annotations
 
@@ -26,11 +27,21 @@ PREVIEW_COLUMNS = [
     "mask",
     "edited_image",
     "mask_area",
+    "keep",
+    "reject_reason",
+    "candidate",
+    *[f.name for f in R.SCORE_FIELDS],
 ]
+SHOW = ("all", "kept", "rejected")
 
 
-def read_rows(output: str, storage: StorageConfig, rows: int, include_failed: bool = True) -> list[dict]:
-    """Up to ``rows`` output rows (ok rows first, in part order), read with plain pyarrow."""
+def read_rows(
+    output: str, storage: StorageConfig, rows: int, include_failed: bool = True, show: str = "all"
+) -> list[dict]:
+    """Up to ``rows`` output rows (ok rows first, in part order), read with plain pyarrow; ``show``:
+    every row, only kept rows, or only rejected ok rows (then no failed row)."""
+    if show not in SHOW:
+        raise ValueError(f"show must be one of {list(SHOW)}, got {show!r}")
     fs, path = filesystem(output, storage)
     parts = O.part_files(fs, path)
     if not parts:
@@ -40,6 +51,10 @@ def read_rows(output: str, storage: StorageConfig, rows: int, include_failed: bo
     for part in parts:
         table = read_parquet(fs, part, PREVIEW_COLUMNS)
         for row in table.to_pylist():
+            if show == "kept" and not row["keep"]:
+                continue
+            if show == "rejected" and (row["keep"] or row["status"] != R.OK):
+                continue
             (ok if row["status"] == R.OK else failed).append(row)
         if len(ok) >= rows:
             break
@@ -100,7 +115,7 @@ def contact_sheet(
     query and the judge's verdict where there is one (or the error of a failed row)."""
     font = ImageFont.load_default(size=max(10, cell // 13))
     verdicts = verdicts or [None] * len(rows)
-    label_h = cell // 2 + 2 * (max(10, cell // 13) + 2)
+    label_h = cell // 2 + 4 * (max(10, cell // 13) + 2)
     header_h = cell // 6
     width, height = 3 * cell + 4 * 4, header_h + len(rows) * (cell + label_h + 4) + 4
     sheet = Image.new("RGB", (width, max(height, header_h + 8)), "white")
@@ -129,6 +144,9 @@ def contact_sheet(
             text = (
                 f"{row['id']}  mask {row['mask_area']:.0%}\nR: {row.get('caption') or ''}\nQ: {row['query']}"
             )
+            scores = score_text(row)
+            if scores:
+                text += f"\n{scores}"
             if verdict is not None:
                 text += f"\n{verdict.text}"
         else:
@@ -141,9 +159,23 @@ def contact_sheet(
         colour = "black" if row["status"] == R.OK else "red"
         if verdict is not None:
             colour = "darkgreen" if verdict.clean else ("darkorange" if verdict.success else "red")
-        draw.multiline_text((4, y + cell + 2), "\n".join(lines[:6]), fill=colour, font=font)
+        draw.multiline_text((4, y + cell + 2), "\n".join(lines[:8]), fill=colour, font=font)
         y += cell + label_h + 4
     return sheet
+
+
+def score_text(row: dict) -> str:
+    """One line of a row's scores and filter verdict: ``align +0.12 psnr 28.1 ssim 0.93 kept``."""
+    short = {"score_alignment": ("align", "{:+.3f}"), "score_psnr": ("psnr", "{:.1f}"),
+             "score_ssim": ("ssim", "{:.3f}"), "score_mask_components": ("parts", "{:d}")}  # fmt: skip
+    parts = [
+        f"{name} {fmt.format(row[col])}" for col, (name, fmt) in short.items() if row.get(col) is not None
+    ]
+    if row.get("candidate"):
+        parts.append(f"candidate {row['candidate']}")
+    if row.get("keep") is not None:
+        parts.append("kept" if row["keep"] else f"REJECTED ({row.get('reject_reason')})")
+    return "  ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -157,10 +189,13 @@ class Preview:
 
 
 def render_preview(
-    output: str, out_png: str, storage: StorageConfig, rows: int = 8, cell: int = 160
+    output: str, out_png: str, storage: StorageConfig, rows: int = 8, cell: int = 160, show: str = "all"
 ) -> Preview:
-    """Write the contact sheet of ``output`` to ``out_png`` (local or remote)."""
-    chosen = read_rows(output, storage, rows)
+    """Write the contact sheet of ``output`` to ``out_png`` (local or remote); ``show``: all rows, the
+    kept ones or the rejected ones."""
+    chosen = read_rows(output, storage, rows, show=show)
+    if not chosen:
+        raise ValueError(f"no {show} rows in {output}")
     verdicts = [shapes_verdict(row) for row in chosen]
     sheet = contact_sheet(chosen, cell=cell, verdicts=verdicts)
     buffer = io.BytesIO()

@@ -5,16 +5,19 @@
    (``pipeline.images``); a bad row becomes ``failed`` with its error and goes on through the other
    stages untouched. Storage that keeps failing is not the row's fault: ``TransientStorageError``
    propagates, the task fails, the run exits 1 and the row is not committed (``pipeline.faults``).
-2. ``EditStage`` (actors): holds the model and a ``DiffEditor`` resident and edits the ``ok`` rows;
-   a row whose query and caption tokenize identically (a no-op edit) or whose prompt was cut at the
-   text encoder's limit gets a ``warning`` (``diffedit.tokens``).
-3. ``encode_rows`` (CPU tasks): PNG-encodes the input, the edit and the mask into the output schema.
+2. ``EditStage`` (actors): holds the model and a ``DiffEditor`` resident and edits the ``ok`` rows,
+   with the job's scores and best-of-K selection (``scoring``, ``selection``: ``diffedit.scores``,
+   ``diffedit.select``); a row whose query and caption tokenize identically (a no-op edit) or whose
+   prompt was cut at the text encoder's limit gets a ``warning`` (``diffedit.tokens``).
+3. ``encode_rows`` (CPU tasks): PNG-encodes the input, the edit and the mask into the output schema,
+   and applies the job's ``filter`` (``keep``, ``reject_reason``: ``pipeline.keep``).
 
 Nothing here imports Ray: the stages are plain callables, tested directly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Collection, Sequence
@@ -26,9 +29,11 @@ import pyarrow as pa
 from PIL import Image
 
 from diffedit.params import EditParams
+from diffedit.scores import SCORE_NAMES
 from pipeline import rows as R
-from pipeline.config import ImagesConfig, JobConfig, LimitsConfig, StorageConfig
+from pipeline.config import FilterConfig, ImagesConfig, JobConfig, LimitsConfig, StorageConfig, scoring_of
 from pipeline.images import ImageError, encode_png, load_row_image
+from pipeline.keep import keep_verdict
 from pipeline.limits import check_limits
 from pipeline.manifest import IMAGE, IMAGE_BYTES, MAX_SEED, OVERRIDE_COLUMNS, default_seed
 from pipeline.plan import available_cpus
@@ -94,11 +99,23 @@ def prepare_row(
             raise ValueError("query (the edit text) is empty")
         check_limits(effective, limits or LimitsConfig(), {"query": str(query), "caption": row["caption"]})
         decoded = load_row_image(uri, record.get(IMAGE_BYTES), images, storage)
-        row.update(pixels=decoded.image.tobytes(), width=decoded.width, height=decoded.height)
+        pixels = decoded.image.tobytes()
+        row.update(
+            pixels=pixels,
+            width=decoded.width,
+            height=decoded.height,
+            input_sha256=pixels_sha256(pixels, decoded.width, decoded.height),
+        )
     except (ImageError, ValueError, TypeError) as exc:
         row.update(status=R.FAILED, error=str(exc))
     row["seconds_fetch"] = time.perf_counter() - start
     return row
+
+
+def pixels_sha256(rgb: bytes, width: int, height: int) -> str:
+    """The content hash of a decoded image: sha256 of ``"{width}x{height}:"`` and its raw RGB bytes, so
+    the same picture has the same hash in any file format or compression."""
+    return hashlib.sha256(f"{width}x{height}:".encode() + rgb).hexdigest()
 
 
 def row_params(record: dict[str, Any], params: EditParams) -> EditParams:
@@ -126,10 +143,12 @@ class EditStage:
     def __init__(self, job: JobConfig, model_label: str | None = None) -> None:
         """``model_label``: the ``model`` column's value, the source as the job wrote it (default: the
         source loaded, without credentials)."""
+        import diffusers
         import torch
 
         from diffedit.editor import DiffEditor
         from diffedit.loading import load_bundle
+        from diffedit.select import Selection
 
         compute = job.compute
         threads = compute.torch_threads or (
@@ -150,8 +169,20 @@ class EditStage:
             storage_options=options,
         )
         self.bundle.optimize(channels_last=compute.channels_last, compile_unet=compute.compile_unet)
-        self.editor = DiffEditor(self.bundle, job.params, max_batch=compute.max_batch)
+        sel = job.selection
+        self.editor = DiffEditor(
+            self.bundle,
+            job.params,
+            max_batch=compute.max_batch,
+            scoring=scoring_of(job),
+            selection=Selection(candidates=sel.candidates, by=sel.by, variants=sel.variants),
+        )
         self.model = model_label or redact(self.bundle.source)
+        self.provenance = {
+            "model_family": self.bundle.family,
+            "diffusers_version": diffusers.__version__,
+            "torch_version": torch.__version__,
+        }
         log.info(
             "model %s loaded in %.1f s (torch threads: %d)", self.model, time.perf_counter() - start, threads
         )
@@ -165,11 +196,17 @@ class EditStage:
             self.model,
             self.bundle.weights_hash,
             tokenizers=bundle_tokenizers(self.bundle),
+            provenance=self.provenance,
         )
 
 
 def edit_rows(
-    batch: pa.Table, editor: Any, model: str, weights_hash: str, tokenizers: Sequence[Any] = ()
+    batch: pa.Table,
+    editor: Any,
+    model: str,
+    weights_hash: str,
+    tokenizers: Sequence[Any] = (),
+    provenance: dict[str, str] | None = None,
 ) -> pa.Table:
     """Edit the ``ok`` rows of a working batch with ``editor``; ``failed`` rows pass through.
 
@@ -177,7 +214,7 @@ def edit_rows(
     so that one bad row cannot fail its batch-mates (a row's result does not depend on its batch).
     With ``tokenizers`` (the model's), a row whose query and caption are the same tokens after
     truncation, or whose prompt was truncated, gets a ``warning`` (``diffedit.tokens``); it is still
-    edited and stays ``ok``.
+    edited and stays ``ok``. ``provenance``: columns every row carries (the model's family, versions).
     """
     from diffedit.editor import EditRequest
     from diffedit.tokens import check_prompts
@@ -185,7 +222,7 @@ def edit_rows(
     records = batch.to_pylist()
     todo: list[tuple[dict[str, Any], Any]] = []
     for row in records:
-        row.update(model=model, model_weights_sha256=weights_hash or None)
+        row.update(model=model, model_weights_sha256=weights_hash or None, **(provenance or {}))
         if row["status"] != R.OK:
             continue
         try:
@@ -227,10 +264,22 @@ def edit_rows(
                 edited_pixels=result.image.convert("RGB").tobytes(),
                 mask_pixels=result.mask_binary.convert("L").tobytes(),
                 mask_area=float(result.mask_area),
+                **{f"score_{name}": result.scores.get(name) for name in SCORE_NAMES},
+                candidate=result.candidate,
+                candidate_seed=result.candidate_seed,
+                candidates=[
+                    {
+                        "candidate": cand["candidate"],
+                        "seed": cand["seed"],
+                        **{f"score_{name}": cand["scores"].get(name) for name in SCORE_NAMES},
+                    }
+                    for cand in result.candidates
+                ],
                 unet_evals=int(c.get("unet_evals", 0)),
                 seconds_mask=c.get("seconds_mask"),
                 seconds_encode=c.get("seconds_encode"),
                 seconds_decode=c.get("seconds_decode"),
+                seconds_score=c.get("seconds_score"),
                 seconds_vae=c.get("seconds_vae"),
                 seconds_edit=c.get("seconds_total"),
             )
@@ -240,14 +289,18 @@ def edit_rows(
 # --------------------------------------------------------------------------- 3. encode
 
 
-def encode_rows(batch: pa.Table, *, run_id: str, version: str) -> pa.Table:
-    """Working rows -> output rows (``rows.OUTPUT_SCHEMA``): PNG in Hugging Face's Image layout."""
+def encode_rows(
+    batch: pa.Table, *, run_id: str, version: str, keep_rule: FilterConfig | None = None
+) -> pa.Table:
+    """Working rows -> output rows (``rows.OUTPUT_SCHEMA``): PNG in Hugging Face's Image layout, and
+    ``keep`` / ``reject_reason`` by ``keep_rule`` (the job's ``filter``; None: every ok row is kept)."""
     out = []
     for row in batch.to_pylist():
         start = time.perf_counter()
         size = (row["width"], row["height"]) if row["width"] else None
         record = {k: row.get(k) for k in R.OUTPUT_SCHEMA.names}
         record.update(run_id=run_id, diffedit_version=version)
+        record["keep"], record["reject_reason"] = keep_verdict(row, keep_rule or FilterConfig())
         if row["status"] == R.OK:
             input_png = encode_png(Image.frombytes("RGB", size, row["pixels"]))
             record["input_image"] = {"bytes": input_png, "path": row["input_path"]}

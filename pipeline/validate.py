@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import output as O
-from pipeline.config import ConfigError, JobConfig, resolve_paths
+from pipeline.config import ConfigError, JobConfig, resolve_paths, scoring_of
 from pipeline.faults import credentials_message, describe, is_transient, rejected_credentials
 from pipeline.identity import ModelSource, identity_difference, inspect_model, results_hash, results_identity
 from pipeline.images import is_allowed, shown_uri
-from pipeline.manifest import IMAGE, ManifestError, ManifestInfo, inspect_manifest
+from pipeline.manifest import IMAGE, IMAGE_BYTES, ManifestError, ManifestInfo, inspect_manifest
 from pipeline.storage import StorageError, filesystem, join, parquet_file, redact
 
 
@@ -85,8 +85,10 @@ def preflight(
     if manifest.ignored_columns:
         lines.append(f"input: ignored columns {list(manifest.ignored_columns)}")
     lines.extend(_check_image_uris(job, manifest))
+    lines.extend(duplicate_edits(job, manifest))
     model = inspect_model(job)
     lines.append(f"model: {model.description}")
+    lines.append(row_cost_line(job))
     identity = results_identity(job, model)
     key = results_hash(identity)
     lines.append(f"results hash {key[:16]} (model, params, image rules, device/dtype; never paths)")
@@ -160,6 +162,20 @@ def preflight(
     )
 
 
+def row_cost_line(job: JobConfig) -> str:
+    """What one row costs in UNet evaluations at the job's parameters, scores and candidates."""
+    from diffedit.select import unet_evals_per_row
+
+    sc, k = scoring_of(job), job.selection.candidates
+    cost = unet_evals_per_row(job.params, sc, k, job.selection.variants)
+    plain = unet_evals_per_row(job.params, None, 1)["total"]
+    selection = f"best of {k} candidates by {dict(job.selection.by)}" if k > 1 else "one candidate"
+    return (
+        f"cost: {cost['total']} UNet evaluations per row ({selection}: mask {cost['mask']}, encode "
+        f"{cost['encode']}, decode {cost['decode']}, scores {cost['score']}; a plain edit: {plain})"
+    )
+
+
 def _inspect_input(job: JobConfig) -> ManifestInfo:
     try:
         return inspect_manifest(job.input.paths, job.storage)
@@ -195,6 +211,33 @@ def _check_image_uris(job: JobConfig, manifest: ManifestInfo) -> list[str]:
             f"(these rows will fail), e.g. {examples}"
         ]
     return [f"images: all {total} image URIs are inside images.allow"]
+
+
+def duplicate_edits(job: JobConfig, manifest: ManifestInfo) -> list[str]:
+    """A line when manifest rows ask for the same edit of the same image: the same (image, query), the
+    image identified by its URI or the sha256 of its inline bytes. (The same picture under two URIs or
+    encodings is found after the run: the output's ``input_sha256`` hashes the decoded pixels.)"""
+    import hashlib
+
+    fs, _ = filesystem(job.input.paths[0], job.storage)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for path in manifest.files:
+        names = parquet_file(fs, path).schema_arrow.names
+        columns = ["id", "query", *[c for c in (IMAGE, IMAGE_BYTES) if c in names]]
+        for row in parquet_file(fs, path).read(columns=columns).to_pylist():
+            blob, uri = row.get(IMAGE_BYTES), row.get(IMAGE)
+            image = f"sha256:{hashlib.sha256(blob).hexdigest()}" if blob else (f"uri:{uri}" if uri else "")
+            if image and row["query"]:
+                groups.setdefault((image, row["query"]), []).append(row["id"])
+    repeated = [sorted(ids) for ids in groups.values() if len(ids) > 1]
+    if not repeated:
+        return [f"input: no two rows ask for the same edit of the same image ({len(groups)} distinct)"]
+    extra = sum(len(ids) - 1 for ids in repeated)
+    examples = "; ".join(", ".join(ids[:3]) for ids in sorted(repeated)[:3])
+    return [
+        f"input: WARNING {extra} row(s) repeat another row's (image, query): {len(repeated)} group(s), "
+        f"e.g. {examples} (each is edited and written; dedupe the manifest to save the work)"
+    ]
 
 
 def validate_job(job: JobConfig, address: str | None = None) -> list[str]:

@@ -1,6 +1,7 @@
 """The job's pixels are the library's (issue 21, item 1): the Ray job and ``DiffEditor`` on the same
 rows, seeds, parameters and dtype give identical edited images and masks, whatever batch a row sits in
-and whatever its size. Statuses, sizes and counters alone would not notice a job that swapped images
+and whatever its size — with best-of-2 selection and every score on, so the kept candidate, its seed
+and every candidate's scores must be the library's too. Statuses, sizes and counters alone would not notice a job that swapped images
 between rows, dropped a per-row override or edited in another dtype."""
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typer.testing import CliRunner
 
 from diffedit.editor import DiffEditor, EditRequest
 from diffedit.loading import load_bundle
+from diffedit.select import Selection
 from pipeline.cli import app
-from pipeline.config import load_job
+from pipeline.config import load_job, scoring_of
+from pipeline.keep import keep_verdict
 from pipeline.manifest import default_seed
 from pipeline.prepare import shapes_rows
 
@@ -53,6 +56,7 @@ def test_the_job_edits_exactly_what_diffeditor_edits(ray_cluster, tmp_path, monk
         f"input: {{paths: [in]}}\noutput: {{path: out, rows_per_file: 2}}\nmodel: {{source: '{MODEL}'}}\n"
         "params: {num_inference_steps: 4, num_mask_draws: 2}\n"
         "compute: {batch_size: 2, rows_per_block: 2, torch_threads: 1}\n"
+        "selection: {candidates: 2}\n"
     )
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["run", str(job_file), "--address", ray_cluster])
@@ -63,7 +67,13 @@ def test_the_job_edits_exactly_what_diffeditor_edits(ray_cluster, tmp_path, monk
     job = load_job(job_file)
     assert job.compute.dtype == "bfloat16" and job.compute.device == "cpu"
     torch_threads(job.compute.torch_threads)  # the actor's thread count
-    editor = DiffEditor(load_bundle(str(MODEL), dtype=job.compute.dtype), job.params, max_batch=16)
+    editor = DiffEditor(
+        load_bundle(str(MODEL), dtype=job.compute.dtype),
+        job.params,
+        max_batch=16,
+        scoring=scoring_of(job),
+        selection=Selection(candidates=2, by=job.selection.by),
+    )
     for row in rows:
         seed = default_seed(row["id"]) if row["seed"] is None else row["seed"]
         params = job.params if row["encode_ratio"] is None else job.params.replace(encode_ratio=0.5)
@@ -80,6 +90,14 @@ def test_the_job_edits_exactly_what_diffeditor_edits(ray_cluster, tmp_path, monk
         assert _decoded(got["mask"], "L") == expected.mask_binary.convert("L").tobytes(), row["id"]
         assert got["mask_area"] == pytest.approx(expected.mask_area, abs=0)
         assert got["unet_evals"] == expected.counters["unet_evals"]
+        assert got["candidate"] == expected.candidate and got["candidate_seed"] == expected.candidate_seed
+        for name in scoring_of(job).names:
+            assert got[f"score_{name}"] is not None, name
+            assert got[f"score_{name}"] == pytest.approx(expected.scores[name], rel=1e-6, abs=1e-9), name
+        assert [(c["candidate"], c["seed"]) for c in got["candidates"]] == [
+            (c["candidate"], c["seed"]) for c in expected.candidates
+        ]
+        assert (got["keep"], got["reject_reason"]) == keep_verdict(got, job.filter)  # the preset's filter
     # the rows differ from each other, so a swap between rows could not pass
     edits = {_decoded(r["edited_image"], "RGB") for r in out.values()}
     assert len(edits) == len(rows)
