@@ -74,7 +74,9 @@ class Scoring:
     def __post_init__(self) -> None:
         problems = []
         if not self.alignment_strengths or not all(0.0 < s <= 1.0 for s in self.alignment_strengths):
-            problems.append(f"alignment_strengths must be values in (0, 1], got {self.alignment_strengths}")
+            problems.append(
+                f"alignment_strengths must list values in (0, 1], got {list(self.alignment_strengths)}"
+            )
         if self.alignment_draws < 1:
             problems.append(f"alignment_draws must be >= 1, got {self.alignment_draws}")
         if problems:

@@ -54,14 +54,15 @@ class Selection:
             problems.append("by must name at least one score")
         unknown = sorted(set(self.by) - set(SCORE_NAMES))
         if unknown:
-            problems.append(f"by names unknown score(s) {unknown}; known: {list(SCORE_NAMES)}")
+            problems.append(f"by names unknown score(s) {unknown}, known: {list(SCORE_NAMES)}")
         if any(not math.isfinite(w) for w in self.by.values()):
             problems.append(f"by's weights must be finite numbers, got {dict(self.by)}")
         for i, variant in enumerate(self.variants):
             bad = sorted(set(variant) - VARIANT_KEYS)
             if bad:
                 problems.append(
-                    f"variants[{i}] changes {bad}; a variant may change only {sorted(VARIANT_KEYS)}"
+                    f"variants[{i}] changes {bad}, which may not vary between candidates (they share the "
+                    f"inversion): a variant may change only {sorted(VARIANT_KEYS)}"
                 )
         if problems:
             raise ValueError("invalid selection: " + "; ".join(problems))

@@ -134,14 +134,15 @@ def test_preview_shows_the_kept_or_the_rejected_rows(run):
 @pytest.mark.parametrize(
     "section, message",
     [
-        ("selection: {candidates: 2, by: {clip: 1}}", "selection.by.clip: unknown score"),
+        ("selection: {candidates: 2, by: {clip: 1}}", "selection.by names unknown score(s) ['clip']"),
         (
             "scoring: {alignment: false}\nselection: {candidates: 2}",
             "selection.by.alignment: the score is switched off",
         ),
         ("filter: {min: {alignment: high}}", "filter.min.alignment: expected a number"),
         ("selection: {candidates: 2, variants: [{encode_ratio: 0.5}]}", "may not vary between candidates"),
-        ("selection: {candidates: 0}", "selection.candidates must be in [1, 64]"),
+        ("selection: {candidates: 0}", "selection.candidates must be >= 1"),
+        ("selection: {candidates: 65}", "selection.candidates must be <= 64"),
         ("scoring: {alignment_strengths: [0]}", "scoring.alignment_strengths must list values in (0, 1]"),
     ],
 )
