@@ -111,11 +111,16 @@ class DiffEditor:
         cache_size: int = 4096,
         scoring: Scoring | None = None,
         selection: Selection | None = None,
+        vae_batch: int | None = None,
     ) -> None:
         """``scoring``: the scores to compute (None: none); ``selection``: best-of-K (None: K = 1).
-        Selecting needs the scores it ranks by."""
+        Selecting needs the scores it ranks by. ``vae_batch``: images per VAE encode/decode call
+        (None: ``max_batch``); the VAE's activations at full resolution, not the UNet's, bound memory
+        on large images (SDXL at 1024²), so it is set apart from ``max_batch``."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if vae_batch is not None and vae_batch < 1:
+            raise ValueError(f"vae_batch must be >= 1, got {vae_batch}")
         if selection is not None and selection.candidates > 1:
             have = set(scoring.names) if scoring is not None else set()
             missing = sorted(set(selection.by) - have)
@@ -124,6 +129,7 @@ class DiffEditor:
         self.bundle = bundle
         self.params = params or EditParams()
         self.max_batch = max_batch
+        self.vae_batch = vae_batch or max_batch
         self.cache_size = cache_size
         self.scoring = scoring
         self.selection = selection or Selection()
@@ -306,7 +312,7 @@ class DiffEditor:
 
         # VAE encode of each source: the clean latents x_0.  # (U, C, h, w) -> (B, C, h, w)
         pixels = torch.stack([rows[int(j)].pixels for j in first])  # (U, 3, H, W)
-        x0_src = torch.cat([b.vae_encode(chunk) for chunk in pixels.split(self.max_batch)], dim=0)
+        x0_src = torch.cat([b.vae_encode(chunk) for chunk in pixels.split(self.vae_batch)], dim=0)
         x0 = x0_src[src.to(device)]  # (B, C, h, w)
         seconds["vae"] += clock.lap()
         _, C, h, w = x0.shape
@@ -412,7 +418,7 @@ class DiffEditor:
         seconds["decode"] += clock.lap()
 
         # VAE decode.  # (B, 3, H, W)
-        images = torch.cat([b.vae_decode(chunk) for chunk in y0.split(self.max_batch)], dim=0)
+        images = torch.cat([b.vae_decode(chunk) for chunk in y0.split(self.vae_batch)], dim=0)
         seconds["vae"] += clock.lap()
 
         # Text alignment (diffedit.scores): E_Q, E_R of each source's input once and of every candidate's

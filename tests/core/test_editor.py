@@ -254,3 +254,23 @@ def test_paste_background_keeps_input_pixels_outside_the_mask(editor, random_ima
     assert np.array_equal(a[:, :8], b[:, :8])  # well inside: the edit itself
     with pytest.raises(TypeError, match="paste_background must be true or false"):
         EditParams.from_dict({"paste_background": "yes"})
+
+
+def test_vae_batch_cuts_vae_calls_apart_from_max_batch(bundle, random_image):
+    """``vae_batch`` sets the images per VAE call (memory at full resolution), independently of the
+    UNet's ``max_batch``; results do not depend on it."""
+    requests = [EditRequest(random_image(i, 32, 32), "a red cat", "a blue cat", seed=i) for i in range(5)]
+    calls = {"encode": [], "decode": []}
+    enc = bundle.vae.encoder.register_forward_hook(lambda m, a, o: calls["encode"].append(a[0].shape[0]))
+    dec = bundle.vae.decoder.register_forward_hook(lambda m, a, o: calls["decode"].append(a[0].shape[0]))
+    try:
+        small = DiffEditor(bundle, params=FAST, max_batch=64, vae_batch=2).edit(requests)
+    finally:
+        enc.remove()
+        dec.remove()
+    assert calls == {"encode": [2, 2, 1], "decode": [2, 2, 1]}
+    whole = DiffEditor(bundle, params=FAST, max_batch=64).edit(requests)
+    for a, b in zip(small, whole, strict=True):
+        assert np.abs(np.asarray(a.image, np.int16) - np.asarray(b.image, np.int16)).max() <= 1
+    with pytest.raises(ValueError, match="vae_batch"):
+        DiffEditor(bundle, vae_batch=0)
