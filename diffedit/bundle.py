@@ -2,7 +2,10 @@
 
 A ``ModelBundle`` holds the UNet, the VAE, the text encoder(s) and tokenizer(s) and the noise schedule,
 on one device and dtype, and turns them into the pure-tensor callables that the DiffEdit stages take:
-``eps(latents, t, text_embeddings) -> eps``, ``vae_encode`` and ``vae_decode``. It owns no algorithm.
+``denoise(latents, t, cond) -> Prediction(x0, eps)`` (``diffedit.modelcall``'s contract, from the UNet's
+noise or v prediction), ``levels(steps, latent_hw)`` (the DDIM grid, ``diffedit.schedule``),
+``vae_encode`` and ``vae_decode``. It owns no algorithm. Flow-matching models (SD3, FLUX.1) are
+``diffedit.flow_bundle.FlowBundle``, with the same surface.
 Loading from disk, fsspec URLs or the hub is ``diffedit.loading.load_bundle``.
 
 SDXL (family "sdxl", a UNet with ``addition_embed_type="text_time"``) differs in three places, each as
@@ -24,7 +27,8 @@ from typing import Any
 import torch
 
 from diffedit import conditioning
-from diffedit.schedule import alphas_cumprod_from_config
+from diffedit.modelcall import Prediction, vp_denoiser
+from diffedit.schedule import Levels, alphas_cumprod_from_config, ddim_levels
 
 
 @dataclass(eq=False)
@@ -46,6 +50,7 @@ class ModelBundle:
     def __post_init__(self) -> None:
         self.alphas_cumprod = alphas_cumprod_from_config(self.scheduler_config)
         self._alphas_device: torch.Tensor | None = None
+        self._denoise = vp_denoiser(self.eps)
         prediction = self.scheduler_config.get("prediction_type", "epsilon")
         if prediction not in ("epsilon", "v_prediction"):
             raise ValueError(
@@ -231,9 +236,27 @@ class ModelBundle:
         return int(self.text_encoder_2.config.projection_dim)
 
     # ----------------------------------------------------------------- model calls
+    def levels(self, num_steps: int, latent_hw: tuple[int, int] | None = None) -> Levels:
+        """The DDIM grid of ``num_steps`` steps (the same at every latent size).  # (S + 1,) each"""
+        return ddim_levels(self.scheduler_config, num_steps)
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        alpha: torch.Tensor,
+        sigma: torch.Tensor,
+    ) -> Prediction:
+        """The denoiser contract of every DiffEdit stage (``diffedit.modelcall``): the UNet's noise
+        prediction at t (``eps``) and the clean latent it implies at the latents' level (alpha, sigma),
+        x0 = (x - sigma eps) / alpha. latents (B, C, h, w), t (B,) integer timesteps, cond (B, L', D),
+        alpha, sigma (B,) -> Prediction, (B, C, h, w) each."""
+        return self._denoise(latents, t, cond, alpha, sigma)
+
     @torch.inference_mode()
     def eps(self, latents: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
-        """The noise-prediction contract of every DiffEdit stage.
+        """The UNet's noise prediction (``denoise`` builds the contract's pair from it).
 
         latents (B, C, h, w), t (B,) integer timesteps, text_embeddings (B, L', D) (``encode_prompts``
         after ``condition_rows``) -> eps (B, C, h, w). SDXL's added conditions are unpacked from it.

@@ -1,6 +1,6 @@
 """``torch.compile`` of the UNet without a recompile per batch composition.
 
-DiffEdit calls the UNet with batches of many sizes: ``call_eps`` cuts each stage's samples into
+DiffEdit calls the UNet with batches of many sizes: ``call_denoiser`` cuts each stage's samples into
 calls of at most ``max_batch`` and a remainder, and a batch job's last rows make smaller batches
 still. A plainly compiled module specialises on the first batch size, recompiles on the second
 (then marking it dynamic) and again for a batch of one (sizes 0 and 1 are always specialised). Here

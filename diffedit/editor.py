@@ -39,7 +39,7 @@ from diffedit.encode import ddim_encode, noise_encode
 from diffedit.images import map_to_pil, model_resolution, pil_to_tensor, tensor_to_pil, to_rgb
 from diffedit.mask import diffedit_mask
 from diffedit.params import EditParams
-from diffedit.schedule import alpha_at, ddim_timesteps, mask_timestep
+from diffedit.schedule import mask_level
 from diffedit.scores import Scoring, alignment_errors, alignment_score, mask_statistics, preservation
 from diffedit.select import Selection, candidate_params, candidate_seed, choose
 
@@ -330,8 +330,8 @@ class DiffEditor:
         emb_caption = stack([r.request.caption for r in rows])  # (B, L', D)
         emb_negative = stack([r.params.negative_prompt for r in rows])  # (B, L', D)
         emb_empty = stack([""] * B)  # (B, L', D)
-        schedule = ddim_timesteps(b.scheduler_config, p0.num_inference_steps)  # (S,) ascending
-        enc_timesteps = schedule[: p0.num_encode_steps]  # (K,)
+        levels = b.levels(p0.num_inference_steps, (h, w))  # S + 1 levels: the clean state, tau_1..tau_S
+        enc_levels = levels.upto(p0.num_encode_steps)  # K + 1 levels
 
         # Step 1: masks, for the rows that were not given one (each candidate its own draws).  # (B, h, w)
         soft = torch.zeros(B, h, w, dtype=x0.dtype)
@@ -347,14 +347,16 @@ class DiffEditor:
             for i in todo:
                 gen = stage_generator(rows[i].seed, "mask")
                 noises.append(torch.randn((rows[i].params.num_mask_draws, C, h, w), generator=gen))
-            t_mask = torch.tensor([mask_timestep(schedule, rows[i].params.mask_strength) for i in todo])
+            k_mask = torch.tensor([mask_level(levels, rows[i].params.mask_strength) for i in todo])
+            t_mask, alpha_mask, sigma_mask = levels.at(k_mask)  # (M,) each
             evals_mask = torch.zeros(len(todo), dtype=torch.int64)
             maps = diffedit_mask(
-                b.eps,
+                b.denoise,
                 x0[idx.to(device)],
                 noises,
                 t_mask,
-                alpha_at(b.alphas_cumprod, t_mask).to(device),
+                alpha_mask.to(device),
+                sigma_mask.to(device),
                 emb_query[idx.to(device)],
                 emb_caption[idx.to(device)],
                 clip_quantile=torch.tensor([rows[i].params.mask_clip_quantile for i in todo]),
@@ -385,10 +387,9 @@ class DiffEditor:
             )  # (U, L', D)
             evals_encode = torch.zeros(U, dtype=torch.int64)
             trajectory_src = ddim_encode(
-                b.eps,
+                b.denoise,
                 x0_src,
-                enc_timesteps,
-                b.alphas_cumprod,
+                enc_levels,
                 emb_encode,
                 max_batch=self.max_batch,
                 evals=evals_encode,
@@ -399,16 +400,15 @@ class DiffEditor:
             noise = torch.stack(
                 [torch.randn((C, h, w), generator=stage_generator(r.seed, "encode")) for r in rows]
             )  # (B, C, h, w)
-            trajectory = noise_encode(x0, noise, enc_timesteps, b.alphas_cumprod)
+            trajectory = noise_encode(x0, noise, enc_levels)
         seconds["encode"] += clock.lap()
 
         # Step 3: decode with mask guidance.  # (B, C, h, w)
         y0 = ddim_decode(
-            b.eps,
+            b.denoise,
             trajectory,
             binary.unsqueeze(1).to(device, x0.dtype),  # (B, 1, h, w)
-            enc_timesteps,
-            b.alphas_cumprod,
+            enc_levels,
             emb_query,
             emb_negative,
             torch.tensor([r.params.guidance_scale for r in rows], dtype=x0.dtype),
@@ -427,9 +427,10 @@ class DiffEditor:
         sc = self.scoring
         if sc is not None and sc.alignment:
             draws = sc.alignment_draws
-            t_align = torch.tensor(
-                [mask_timestep(schedule, s) for s in sc.alignment_strengths for _ in range(draws)]
+            k_align = torch.tensor(
+                [mask_level(levels, s) for s in sc.alignment_strengths for _ in range(draws)]
             )  # (J K,)
+            t_align, alpha_align, sigma_align = levels.at(k_align)  # (J K,) each
             score_noise = torch.stack(
                 [
                     torch.randn((len(t_align), C, h, w), generator=stage_generator(rows[j].seed, "score"))
@@ -437,11 +438,12 @@ class DiffEditor:
                 ]
             )  # (U, J K, C, h, w)
             errors = alignment_errors(
-                b.eps,
+                b.denoise,
                 torch.cat([x0_src, y0]),  # (U + B, C, h, w)
                 torch.cat([score_noise, score_noise[src]]),  # (U + B, J K, C, h, w)
                 t_align,
-                alpha_at(b.alphas_cumprod, t_align),
+                alpha_align,
+                sigma_align,
                 torch.cat([emb_query[first.to(device)], emb_query]),
                 torch.cat([emb_caption[first.to(device)], emb_caption]),
                 max_batch=self.max_batch,

@@ -2,7 +2,9 @@
 
 Noise the input latent at strength s with n independent draws, predict the noise once conditioned
 on the query Q and once on the reference text R, and average |eps_Q - eps_R| over draws and latent
-channels. The result is a spatial map that is large where the two texts disagree about the image.
+channels. (The noise prediction is the denoiser contract's eps-hat, ``diffedit.modelcall``; on a flow
+model eps-hat = x_s + (1 - s) v-hat, so the map is (1 - s) |v_Q - v_R|, the same map once rescaled:
+absolute, never the signed channel mean, which can cancel.) The result is a spatial map that is large where the two texts disagree about the image.
 Extreme values are clipped at a per-image quantile, the map is rescaled to [0, 1] per image,
 optionally smoothed, and binarised at a threshold (0.5 in the paper).
 
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from diffedit.modelcall import EpsFn, call_eps
+from diffedit.modelcall import DenoiseFn, call_denoiser
 from diffedit.schedule import add_noise
 
 
@@ -56,11 +58,12 @@ class ContrastMaps:
 
 
 def contrast_maps(
-    eps_fn: EpsFn,
+    denoise: DenoiseFn,
     x0: torch.Tensor,
     noises: list[torch.Tensor],
     t: torch.Tensor,
-    a_t: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
     emb_query: torch.Tensor,
     emb_reference: torch.Tensor,
     *,
@@ -72,8 +75,8 @@ def contrast_maps(
     """Mean |eps(x_t, t, Q) - eps(x_t, t, R)| over each row's draws and the channels, and for the rows
     with ``relevance`` also |eps_Q - eps_0| and |eps_R - eps_0| (0 = ``emb_empty``, the empty prompt).
 
-    x0 (B, C, h, w) clean latents; noises[i] (n_i, C, h, w) row i's draws; t (B,) the rows' mask
-    timesteps and a_t (B,) their a values; emb_query, emb_reference, emb_empty (B, L, D); relevance
+    x0 (B, C, h, w) clean latents; noises[i] (n_i, C, h, w) row i's draws; t, alpha, sigma (B,) the
+    rows' mask levels (``schedule.Levels``); emb_query, emb_reference, emb_empty (B, L, D); relevance
     (B,) bool or None. All rows' draws, for every text, are evaluated together in calls of at most
     ``max_batch``: first every draw with Q, then every draw with R, then the relevance rows' draws
     with the empty prompt (so the Q/R layout, and the contrast, do not depend on ``relevance``).
@@ -95,7 +98,7 @@ def contrast_maps(
     rows = torch.tensor(active)
     owners = torch.repeat_interleave(rows, torch.tensor(counts))  # (N,) N = sum of the active rows' n_i
     noise = torch.cat([noises[i] for i in active], dim=0).to(x0.device, x0.dtype)  # (N, C, h, w)
-    x_t = add_noise(x0[owners], noise, a_t[owners])  # (N, C, h, w)
+    x_t = add_noise(x0[owners], noise, alpha[owners], sigma[owners])  # (N, C, h, w)
     with_empty = want[owners]  # (N,) the draws of relevance rows
     # One flat batch: every draw with Q, every draw with R, then the relevance draws with 0.  # (2N + E, ...)
     latents = torch.cat([x_t, x_t, x_t[with_empty]], dim=0)
@@ -105,7 +108,12 @@ def contrast_maps(
         emb_parts.append(emb_empty[owners][with_empty.to(emb_empty.device)])
     emb = torch.cat(emb_parts, dim=0)
     who = torch.cat([owners, owners, owners[with_empty]])
-    eps = call_eps(eps_fn, latents, ts, emb, max_batch=max_batch, owners=who, evals=evals).to(x0.dtype)
+    alphas = torch.cat([alpha[owners], alpha[owners], alpha[owners][with_empty]])  # (2N + E,)
+    sigmas = torch.cat([sigma[owners], sigma[owners], sigma[owners][with_empty]])  # (2N + E,)
+    pred = call_denoiser(
+        denoise, latents, ts, emb, alphas, sigmas, max_batch=max_batch, owners=who, evals=evals
+    )
+    eps = pred.eps.to(x0.dtype)  # (2N + E, C, h, w)
     N = owners.shape[0]
     eps_q, eps_r, eps_0 = eps[:N], eps[N : 2 * N], eps[2 * N :]  # (N, ...), (N, ...), (E, ...)
     dev_owners = owners.to(x0.device)
@@ -121,11 +129,12 @@ def contrast_maps(
 
 
 def difference_map(
-    eps_fn: EpsFn,
+    denoise: DenoiseFn,
     x0: torch.Tensor,
     noises: list[torch.Tensor],
     t: torch.Tensor,
-    a_t: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
     emb_query: torch.Tensor,
     emb_reference: torch.Tensor,
     *,
@@ -134,7 +143,7 @@ def difference_map(
 ) -> torch.Tensor:
     """The paper's map alone: ``contrast_maps(...).difference``.  # (B, h, w)"""
     return contrast_maps(
-        eps_fn, x0, noises, t, a_t, emb_query, emb_reference, max_batch=max_batch, evals=evals
+        denoise, x0, noises, t, alpha, sigma, emb_query, emb_reference, max_batch=max_batch, evals=evals
     ).difference
 
 
@@ -286,11 +295,12 @@ def postprocess(
 
 
 def diffedit_mask(
-    eps_fn: EpsFn,
+    denoise: DenoiseFn,
     x0: torch.Tensor,
     noises: list[torch.Tensor],
     t: torch.Tensor,
-    a_t: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
     emb_query: torch.Tensor,
     emb_reference: torch.Tensor,
     *,
@@ -309,11 +319,12 @@ def diffedit_mask(
     """Step 1 end to end: raw maps (``contrast_maps``), then ``postprocess``. Per-row parameters are
     (B,) tensors; ``union`` (B,) bool rows also get the relevance maps (``emb_empty`` required)."""
     raw = contrast_maps(
-        eps_fn,
+        denoise,
         x0,
         noises,
         t,
-        a_t,
+        alpha,
+        sigma,
         emb_query,
         emb_reference,
         max_batch=max_batch,

@@ -51,7 +51,7 @@ from PIL import Image
 
 from diffedit.clip import CLIP_SCORE_NAMES
 from diffedit.mask import reconstruct
-from diffedit.modelcall import EpsFn, call_eps
+from diffedit.modelcall import DenoiseFn, call_denoiser
 from diffedit.schedule import add_noise
 
 #: PSNR of an unchanged background is infinite; it is reported as this many dB.
@@ -149,11 +149,12 @@ def mask_statistics(binary: torch.Tensor) -> tuple[int, float | None]:
 
 
 def alignment_errors(
-    eps_fn: EpsFn,
+    denoise: DenoiseFn,
     latents: torch.Tensor,
     noises: torch.Tensor,
     t: torch.Tensor,
-    a_t: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
     emb_query: torch.Tensor,
     emb_reference: torch.Tensor,
     *,
@@ -163,21 +164,32 @@ def alignment_errors(
 ) -> torch.Tensor:
     """E_Q(z) and E_R(z) of the module docstring for N clean latents.  # (N, 2, h, w): [E_Q, E_R]
 
-    latents (N, C, h, w); noises (N, J K, C, h, w) each latent's draws; t (J K,) and a_t (J K,) the
-    draws' timesteps and a values (draw i is at level t[i]); emb_query, emb_reference (N, L, D).
-    ``owners`` (N,) and ``evals`` count evaluations per owner, as in ``call_eps``. Every draw with Q,
+    latents (N, C, h, w); noises (N, J K, C, h, w) each latent's draws; t, alpha, sigma (J K,) the
+    draws' levels (draw i is at level i); emb_query, emb_reference (N, L, D).
+    ``owners`` (N,) and ``evals`` count evaluations per owner, as in ``call_denoiser``. Every draw with Q,
     then every draw with R, in one flat batch of 2 N J K samples.
     """
     N, M = noises.shape[:2]
     z = latents.repeat_interleave(M, dim=0)  # (N M, C, h, w)
     e = noises.flatten(0, 1).to(latents.device, latents.dtype)  # (N M, C, h, w)
     ts = t.repeat(N).to(latents.device)  # (N M,)
-    z_t = add_noise(z, e, a_t.repeat(N).to(latents.device))  # (N M, C, h, w)
+    z_t = add_noise(
+        z, e, alpha.repeat(N).to(latents.device), sigma.repeat(N).to(latents.device)
+    )  # (N M, C, h, w)
     emb = torch.cat([emb_query.repeat_interleave(M, 0), emb_reference.repeat_interleave(M, 0)])  # (2NM, L, D)
     who = (torch.arange(N) if owners is None else owners.cpu()).repeat_interleave(M).repeat(2)  # (2 N M,)
-    eps = call_eps(
-        eps_fn, torch.cat([z_t, z_t]), torch.cat([ts, ts]), emb, max_batch=max_batch, owners=who, evals=evals
-    ).to(latents.dtype)  # (2 N M, C, h, w)
+    al, sg = alpha.repeat(2 * N).to(latents.device), sigma.repeat(2 * N).to(latents.device)  # (2 N M,)
+    eps = call_denoiser(
+        denoise,
+        torch.cat([z_t, z_t]),
+        torch.cat([ts, ts]),
+        emb,
+        al,
+        sg,
+        max_batch=max_batch,
+        owners=who,
+        evals=evals,
+    ).eps.to(latents.dtype)  # (2 N M, C, h, w)
     err = ((eps - torch.cat([e, e])) ** 2).mean(dim=1).float()  # (2 N M, h, w): mean over channels
     err = err.view(2, N, M, *err.shape[1:]).mean(dim=2)  # (2, N, h, w): mean over levels and draws
     return err.transpose(0, 1)  # (N, 2, h, w)

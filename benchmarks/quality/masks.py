@@ -36,7 +36,7 @@ from diffedit.editor import stage_generator
 from diffedit.images import pil_to_tensor
 from diffedit.mask import ContrastMaps, contrast_maps, postprocess
 from diffedit.params import PAPER_MASK, EditParams
-from diffedit.schedule import alpha_at, ddim_timesteps, mask_timestep
+from diffedit.schedule import mask_level
 from diffedit.shapes.scenes import EditTask, make_edit_tasks
 
 #: Options of the study grid (the ``EditParams`` field each sets).
@@ -80,8 +80,8 @@ def raw_maps(
     ``DiffEditor`` gives ``diffedit_mask``.  # each (N, h, w)"""
     from diffedit.images import model_resolution
 
-    schedule = ddim_timesteps(bundle.scheduler_config, params.num_inference_steps)
-    t_mask = mask_timestep(schedule, params.mask_strength)
+    levels = bundle.levels(params.num_inference_steps)
+    k_mask = mask_level(levels, params.mask_strength)
     parts: list[ContrastMaps] = []
     for lo in range(0, len(tasks), chunk):
         group = list(tasks[lo : lo + chunk])
@@ -96,14 +96,15 @@ def raw_maps(
             for t in group
         ]
         emb = {p: e for p, e in zip(*_unique_embeddings(bundle, group), strict=True)}
-        ts = torch.full((B,), t_mask, dtype=torch.int64)
+        ts, alpha, sigma = levels.at(torch.full((B,), k_mask))  # (B,) each
         parts.append(
             contrast_maps(
-                bundle.eps,
+                bundle.denoise,
                 x0,
                 noises,
                 ts,
-                alpha_at(bundle.alphas_cumprod, ts).to(x0.device),
+                alpha.to(x0.device),
+                sigma.to(x0.device),
                 torch.stack([emb[t.query] for t in group]),
                 torch.stack([emb[t.caption] for t in group]),
                 max_batch=max_batch,

@@ -39,7 +39,7 @@ def test_batch_sizes_share_one_graph_and_match_eager():
     bundle = tiny_bundle(seed=0)
     compiled = CompiledUNet(bundle.unet, backend="eager")
     with torch.inference_mode():
-        for n in (4, 7, 1, 2, 15, 3):  # call_eps' chunks and remainders, and a lone sample
+        for n in (4, 7, 1, 2, 15, 3):  # call_denoiser's chunks and remainders, and a lone sample
             x, t, emb = _inputs(bundle, n, seed=n)
             got = compiled(x, t, encoder_hidden_states=emb).sample
             want = bundle.unet(x, t, encoder_hidden_states=emb).sample

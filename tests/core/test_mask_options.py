@@ -110,7 +110,8 @@ def test_contrast_maps_relevance_costs_n_more_evaluations_and_keeps_the_contrast
     emb = bundle.encode_prompts(["a red cat", "a blue cat", ""])
     noises = [torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     t = torch.tensor([481, 481])
-    args = (bundle.eps, x0, noises, t, alpha_at(alphas, t), emb[[0, 0]], emb[[1, 1]])
+    a = alpha_at(alphas, t)
+    args = (bundle.denoise, x0, noises, t, a.sqrt(), (1 - a).sqrt(), emb[[0, 0]], emb[[1, 1]])
     plain_evals, rel_evals = torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64)
     plain = contrast_maps(*args, max_batch=64, evals=plain_evals)
     rel = contrast_maps(

@@ -15,7 +15,7 @@ from diffedit.editor import DiffEditor, EditRequest
 from diffedit.mask import difference_map
 from diffedit.params import EditParams
 from diffedit.reference import UNetSampleCounter, deprecated_diffedit_pipeline
-from diffedit.schedule import alpha_at, ddim_timesteps, mask_timestep
+from diffedit.schedule import mask_level
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +57,18 @@ def test_difference_map_matches_diffusers(bundle, pipe, random_image):
     images = pipe.image_processor.preprocess(img).repeat_interleave(n, dim=0)
     x0 = pipe.prepare_image_latents(images, n, torch.float32, "cpu", gen)  # (n, 4, 16, 16)
     noise = randn_tensor(x0.shape, generator=gen, dtype=torch.float32)
-    t = mask_timestep(ddim_timesteps(bundle.scheduler_config, 50), 0.5)
-    ts = torch.full((n,), t)
+    levels = bundle.levels(50)
+    ks = torch.full((n,), mask_level(levels, 0.5))
+    ts, alpha, sigma = levels.at(ks)
     emb = bundle.encode_prompts(["a red cat", "a blue cat"])
     # One row per map (each map has its own posterior sample), one draw each.
     ours = difference_map(
-        bundle.eps,
+        bundle.denoise,
         x0,
         [noise[i : i + 1] for i in range(n)],
         ts,
-        alpha_at(bundle.alphas_cumprod, ts),
+        alpha,
+        sigma,
         emb[[0] * n],
         emb[[1] * n],
         max_batch=8,

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from diffedit.editor import DiffEditor, EditRequest
+from diffedit.modelcall import vp_denoiser
 from diffedit.params import EditParams
 from diffedit.scores import (
     PSNR_CAP,
@@ -109,7 +110,9 @@ def test_alignment_errors_are_the_mean_squared_noise_errors_per_text():
     t, a = torch.tensor([10, 20, 30]), torch.tensor([0.9, 0.8, 0.7])
     q, r = torch.full((2, 1, 1), 0.5), torch.full((2, 1, 1), -1.0)
     evals = torch.zeros(2, dtype=torch.int64)
-    errors = alignment_errors(eps_fn, latents, noises, t, a, q, r, max_batch=4, evals=evals)
+    errors = alignment_errors(
+        vp_denoiser(eps_fn), latents, noises, t, a.sqrt(), (1 - a).sqrt(), q, r, max_batch=4, evals=evals
+    )
     assert errors.shape == (2, 2, 3, 3) and evals.tolist() == [6, 6]  # 2 texts x 3 draws each
     torch.testing.assert_close(errors[:, 0], ((noises - 0.5) ** 2).mean(dim=(1, 2)))
     torch.testing.assert_close(errors[:, 1], ((noises + 1.0) ** 2).mean(dim=(1, 2)))

@@ -20,7 +20,6 @@ from diffedit.editor import DiffEditor, EditRequest
 from diffedit.loading import ModelLayoutError, check_layout, load_bundle
 from diffedit.params import EditParams
 from diffedit.reference import UNetSampleCounter, sdxl_ddim_pipeline
-from diffedit.schedule import ddim_timesteps
 from diffedit.tiny import save_tiny_sdxl_model, tiny_bundle, tiny_sdxl_bundle
 
 FAST = EditParams(num_inference_steps=10, num_mask_draws=3)
@@ -201,14 +200,13 @@ def test_decode_with_all_ones_mask_is_diffusers_ddim_sampling(xl, pipe, guidance
         counter.close()
     assert their_evals == (2 if guidance > 1 else 1) * steps
 
-    timesteps = ddim_timesteps(xl.scheduler_config, steps)  # all S steps: encode ratio 1
+    levels = xl.levels(steps)  # all S steps: encode ratio 1
     evals = torch.zeros(1, dtype=torch.int64)
     ours = ddim_decode(
-        xl.eps,
+        xl.denoise,
         [torch.zeros_like(xT)] * steps + [xT],  # an all-ones mask takes nothing from these
         torch.ones(1, 1, 16, 16),
-        timesteps,
-        xl.alphas_cumprod,
+        levels,
         cond(xl, ["a red cat"], original),
         cond(xl, [""], original),
         torch.tensor([guidance]),
