@@ -29,10 +29,11 @@ import torch
 from diffedit import conditioning
 from diffedit.modelcall import Prediction, vp_denoiser
 from diffedit.schedule import Levels, alphas_cumprod_from_config, ddim_levels
+from diffedit.vae import LatentCodec
 
 
 @dataclass(eq=False)
-class ModelBundle:
+class ModelBundle(LatentCodec):
     unet: Any  # diffusers.UNet2DConditionModel
     vae: Any  # diffusers.AutoencoderKL
     text_encoder: Any  # transformers.CLIPTextModel (or any model returning last_hidden_state)
@@ -137,19 +138,9 @@ class ModelBundle:
         return next(self.unet.parameters()).dtype
 
     @property
-    def vae_dtype(self) -> torch.dtype:
-        """The VAE's own dtype: float32 for an upcast SDXL VAE, else the bundle's."""
-        return next(self.vae.parameters()).dtype
-
-    @property
     def work_dtype(self) -> torch.dtype:
         """The dtype of the stages' arithmetic: float32, or float64 for a float64 model (tests)."""
         return torch.float64 if self.dtype == torch.float64 else torch.float32
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """Pixels per latent pixel: 2 ** (number of VAE down blocks - 1); 8 for Stable Diffusion."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def latent_multiple(self) -> int:
@@ -278,30 +269,7 @@ class ModelBundle:
             out = a.sqrt() * out + (1 - a).sqrt() * latents.to(out.dtype)
         return out.to(self.work_dtype)
 
-    @torch.inference_mode()
-    def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/f, W/f), the posterior mean.
-
-        DiffEdit's input is deterministic: the mode of the VAE posterior, not a sample.
-        """
-        posterior = self.vae.encode(images.to(self.device, self.vae_dtype)).latent_dist
-        latents = posterior.mode()
-        return (latents.to(self.work_dtype) - self._shift()) * self._scale()
-
-    @torch.inference_mode()
-    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """scaled latents (B, C, h, w) -> images (B, 3, h*f, w*f) in [-1, 1]."""
-        z = latents / self._scale() + self._shift()
-        images = self.vae.decode(z.to(self.device, self.vae_dtype)).sample
-        return images.to(self.work_dtype).clamp(-1.0, 1.0)
-
     def _alphas_on_device(self) -> torch.Tensor:
         if self._alphas_device is None or self._alphas_device.device != self.device:
             self._alphas_device = self.alphas_cumprod.to(self.device)
         return self._alphas_device
-
-    def _scale(self) -> float:
-        return float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
-
-    def _shift(self) -> float:
-        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)

@@ -1,6 +1,6 @@
-"""The SDXL UNet's conditioning packed into the one per-sample tensor of the ``eps`` contract.
+"""A model's per-sample conditioning packed into the one (B, L', D) tensor of the denoiser contract.
 
-Every DiffEdit stage hands the model ``eps(latents, t, text_embeddings)``, with ``text_embeddings`` a
+Every DiffEdit stage hands the model ``denoise(latents, t, cond, ...)``, with ``cond`` a
 (B, L', D) tensor it only indexes, concatenates and compares along the batch. SD's conditioning is exactly
 that (the text encoder's hidden states). SDXL's UNet takes three things per sample (Podell et al. 2023,
 "SDXL", §2.2 and §2.3):
@@ -17,7 +17,9 @@ it through every gather and batch cut:
     k = ceil((P + 6) / D) extra token slots (1 for SDXL: P = 1280, D = 2048)
 
 The time ids are written per row (``with_time_ids``), because they come from the row's image size, not
-from its text.
+from its text. The flow models use the same packing with their own extras (``extra_dim``): SD3 packs
+its pooled projection (CLIP-L + CLIP-G, P = 2048) and no extras; FLUX.1 its CLIP-L pooled output
+(P = 768) and one extra, the distilled guidance value of FLUX.1-dev.
 """
 
 from __future__ import annotations
@@ -29,29 +31,37 @@ __all__ = ["NUM_TIME_IDS", "extra_slots", "pack", "time_ids_for", "unpack", "wit
 NUM_TIME_IDS = 6  # original (h, w), crop (top, left), target (h, w)
 
 
-def extra_slots(pooled_dim: int, width: int) -> int:
-    """k: the token slots that hold the pooled embedding and the time ids, ceil((P + 6) / D)."""
-    return -(-(pooled_dim + NUM_TIME_IDS) // width)
+def extra_slots(pooled_dim: int, width: int, extra_dim: int = NUM_TIME_IDS) -> int:
+    """k: the token slots that hold the pooled embedding and the extras, ceil((P + E) / D)."""
+    return -(-(pooled_dim + extra_dim) // width)
 
 
-def pack(hidden: torch.Tensor, pooled: torch.Tensor, time_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """hidden (B, L, D), pooled (B, P), time_ids (B, 6) or None (zeros) -> cond (B, L + k, D)."""
+def pack(
+    hidden: torch.Tensor,
+    pooled: torch.Tensor,
+    extra: torch.Tensor | None = None,
+    extra_dim: int = NUM_TIME_IDS,
+) -> torch.Tensor:
+    """hidden (B, L, D), pooled (B, P), extra (B, E) or None (zeros; SDXL: the time ids, E = 6)
+    -> cond (B, L + k, D)."""
     B, _, D = hidden.shape
     P = pooled.shape[-1]
-    k = extra_slots(P, D)
-    extra = hidden.new_zeros(B, k * D)  # (B, k D)
-    extra[:, :P] = pooled
-    if time_ids is not None:
-        extra[:, P : P + NUM_TIME_IDS] = time_ids
-    return torch.cat([hidden, extra.view(B, k, D)], dim=1)  # (B, L + k, D)
+    k = extra_slots(P, D, extra_dim)
+    slots = hidden.new_zeros(B, k * D)  # (B, k D)
+    slots[:, :P] = pooled
+    if extra is not None:
+        slots[:, P : P + extra_dim] = extra
+    return torch.cat([hidden, slots.view(B, k, D)], dim=1)  # (B, L + k, D)
 
 
-def unpack(cond: torch.Tensor, pooled_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """cond (B, L + k, D) -> hidden (B, L, D), pooled (B, P), time_ids (B, 6)."""
+def unpack(
+    cond: torch.Tensor, pooled_dim: int, extra_dim: int = NUM_TIME_IDS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """cond (B, L + k, D) -> hidden (B, L, D), pooled (B, P), extra (B, E) (SDXL: the time ids)."""
     B, _, D = cond.shape
-    k = extra_slots(pooled_dim, D)
-    extra = cond[:, -k:].reshape(B, k * D)  # (B, k D)
-    return cond[:, :-k], extra[:, :pooled_dim], extra[:, pooled_dim : pooled_dim + NUM_TIME_IDS]
+    k = extra_slots(pooled_dim, D, extra_dim)
+    slots = cond[:, -k:].reshape(B, k * D)  # (B, k D)
+    return cond[:, :-k], slots[:, :pooled_dim], slots[:, pooled_dim : pooled_dim + extra_dim]
 
 
 def with_time_ids(cond: torch.Tensor, time_ids: torch.Tensor, pooled_dim: int) -> torch.Tensor:
