@@ -448,3 +448,41 @@ def save_hub_snapshot(
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / branch).write_text(commit)
     return commit
+
+
+#: ``python -m diffedit.tiny --family F``: what each family writes.
+FAMILY_WRITERS = ("sd15", "sdxl", "sd3", "flux", "flux-schnell")
+
+
+def save_tiny_family(family: str, path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random model of ``family`` (``FAMILY_WRITERS``) as a complete diffusers directory
+    (model_index.json, safetensors weights, tokenizers, scheduler config)."""
+    if family == "sd15":
+        return save_tiny_model(path, seed)
+    if family == "sdxl":
+        return save_tiny_sdxl_model(path, seed)
+    from diffedit.tiny_flow import save_flow_directory, tiny_flux_components, tiny_sd3_components
+
+    if family == "sd3":
+        return save_flow_directory(path, "sd3", tiny_sd3_components(seed))
+    if family in ("flux", "flux-schnell"):
+        return save_flow_directory(path, "flux", tiny_flux_components(seed, schnell=family == "flux-schnell"))
+    raise ValueError(f"unknown family {family!r}: expected one of {', '.join(FAMILY_WRITERS)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m diffedit.tiny --family sd15|sdxl|sd3|flux|flux-schnell --out DIR [--seed N]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m diffedit.tiny", description=main.__doc__)
+    parser.add_argument("--family", required=True, choices=FAMILY_WRITERS)
+    parser.add_argument("--out", required=True, help="the directory to write (created)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = save_tiny_family(args.family, args.out, args.seed)
+    print(f"wrote a tiny random {args.family} model to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -77,7 +77,7 @@ class ModelSource:
     revision: str | None  # hub: the commit the revision resolved to; else None
     fingerprint: dict[str, Any]  # see the module docstring
     description: str  # one line for validate
-    family: str = "Stable Diffusion"  # the layout's family: "Stable Diffusion" or "Stable Diffusion XL"
+    family: str = "Stable Diffusion"  # the layout's family's name (diffedit.loading.layout.FAMILY_NAMES)
 
 
 def sha256_json(data: Any) -> str:
@@ -99,6 +99,7 @@ def results_identity(job: JobConfig, model: ModelSource) -> dict[str, Any]:
     return {
         "results_version": RESULTS_VERSION,
         "model": model.fingerprint,
+        "family": model.family,
         "params": data["params"],
         "images": {k: v for k, v in data["images"].items() if k != "allow"},
         "compute": {k: data["compute"][k] for k in ("device", "dtype")},
@@ -144,16 +145,15 @@ def _check_layout(
     files: set[str], read_json: Callable[[str], Any], where: str
 ) -> tuple[dict[str, tuple[str, ...]], str]:
     """The layout's weight files per component, and its family's name for the report
-    ("Stable Diffusion" or "Stable Diffusion XL")."""
+    ("Stable Diffusion", "Stable Diffusion XL", "Stable Diffusion 3" or "FLUX.1")."""
     from diffedit.loading.errors import ModelLayoutError, UnsafeWeightsError
-    from diffedit.loading.layout import check_layout, layout_family
+    from diffedit.loading.layout import FAMILY_NAMES, check_layout, layout_family
 
     try:
         weights = check_layout(files, read_json, where)
     except (ModelLayoutError, UnsafeWeightsError) as exc:
         raise ConfigError(str(exc)) from None
-    sdxl = layout_family(read_json("model_index.json")) == "sdxl"
-    return weights, "Stable Diffusion XL" if sdxl else "Stable Diffusion"
+    return weights, FAMILY_NAMES[layout_family(read_json("model_index.json"))]
 
 
 def _small_files_sha256(files: list[str], read_bytes: Callable[[str], bytes]) -> str:

@@ -1,12 +1,19 @@
 """The layout of a diffusers model directory, checked from its file list and small JSON files only.
 
-Two families are known (``FAMILIES``), told apart by ``model_index.json``:
+Four families are known (``FAMILIES``), told apart by ``model_index.json``:
 
 * ``"sd"``: Stable Diffusion 1.x / 2.x (``StableDiffusionPipeline``): ``unet/``, ``vae/``,
   ``text_encoder/`` (CLIPTextModel), ``tokenizer/``, ``scheduler/``;
 * ``"sdxl"``: Stable Diffusion XL (``StableDiffusionXLPipeline``): the same plus ``text_encoder_2/``
   (CLIPTextModelWithProjection, whose projected pooled output is the UNet's ``text_embeds``) and
-  ``tokenizer_2/``; its UNet has ``addition_embed_type="text_time"``.
+  ``tokenizer_2/``; its UNet has ``addition_embed_type="text_time"``;
+* ``"sd3"``: Stable Diffusion 3 / 3.5 (``StableDiffusion3Pipeline``): ``transformer/``
+  (SD3Transformer2DModel), ``vae/``, CLIP-L and CLIP-G in ``text_encoder/``, ``text_encoder_2/`` (both
+  CLIPTextModelWithProjection) with their tokenizers, the optional T5 in ``text_encoder_3/`` +
+  ``tokenizer_3/``, a flow-matching ``scheduler/``;
+* ``"flux"``: FLUX.1 dev / schnell (``FluxPipeline``): ``transformer/`` (FluxTransformer2DModel),
+  ``vae/``, CLIP-L in ``text_encoder/`` (CLIPTextModel), T5 in ``text_encoder_2/``, both tokenizers,
+  a flow-matching ``scheduler/``.
 
 Both are checked the same way, before anything heavy is read: every component listed and present, each
 config file there, the tokenizer files, safetensors weights (pickle-only components are refused with
@@ -37,33 +44,57 @@ __all__ = [
 FAMILIES: dict[str, tuple[str, ...]] = {
     "sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
     "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+    "sd3": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+    "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+}
+#: Components a family may have (checked like the others when model_index.json lists them).
+OPTIONAL: dict[str, tuple[str, ...]] = {"sd3": ("text_encoder_3", "tokenizer_3")}
+#: Each family's name in reports.
+FAMILY_NAMES = {
+    "sd": "Stable Diffusion",
+    "sdxl": "Stable Diffusion XL",
+    "sd3": "Stable Diffusion 3",
+    "flux": "FLUX.1",
 }
 #: The class the model_index.json entry of a component must name, where only one will do.
-REQUIRED_CLASSES = {("sdxl", "text_encoder_2"): "CLIPTextModelWithProjection"}
+REQUIRED_CLASSES = {
+    ("sdxl", "text_encoder_2"): "CLIPTextModelWithProjection",
+    ("sd3", "transformer"): "SD3Transformer2DModel",
+    ("sd3", "text_encoder"): "CLIPTextModelWithProjection",
+    ("sd3", "text_encoder_2"): "CLIPTextModelWithProjection",
+    ("sd3", "text_encoder_3"): "T5EncoderModel",
+    ("flux", "transformer"): "FluxTransformer2DModel",
+    ("flux", "text_encoder_2"): "T5EncoderModel",
+}
 #: The config file of each component (tokenizers are checked separately).
 CONFIG_FILES = {
     "unet": "config.json",
+    "transformer": "config.json",
     "vae": "config.json",
     "text_encoder": "config.json",
     "text_encoder_2": "config.json",
+    "text_encoder_3": "config.json",
     "scheduler": "scheduler_config.json",
 }
-TOKENIZERS = ("tokenizer", "tokenizer_2")
+TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 #: Weight file stems: diffusers saves ``<stem>.safetensors`` or shards ``<stem>-0000i-of-0000n.safetensors``
 #: with ``<stem>.safetensors.index.json``; transformers the same with stem ``model``.
 WEIGHT_STEMS = {
     "unet": "diffusion_pytorch_model",
+    "transformer": "diffusion_pytorch_model",
     "vae": "diffusion_pytorch_model",
     "text_encoder": "model",
     "text_encoder_2": "model",
+    "text_encoder_3": "model",
 }
 #: The files a load needs, for either family (fnmatch patterns over paths relative to the model root):
 #: configs and tokenizer files, and the non-variant safetensors weights. Pickle weights and variants
 #: (``.fp16.safetensors``) never match.
 FILE_PATTERNS: tuple[str, ...] = (
     "model_index.json",
-    *(f"{component}/*.json" for component in FAMILIES["sdxl"]),
+    *(f"{component}/*.json" for component in (*FAMILIES["sdxl"], "transformer", "text_encoder_3", "tokenizer_3")),
     *(f"{tokenizer}/*.txt" for tokenizer in TOKENIZERS),
+    *(f"{tokenizer}/*.model" for tokenizer in TOKENIZERS),  # sentencepiece (T5's spiece.model)
     *(f"{component}/{stem}.safetensors" for component, stem in WEIGHT_STEMS.items()),
     *(f"{component}/{stem}-*.safetensors" for component, stem in WEIGHT_STEMS.items()),
 )
@@ -71,11 +102,24 @@ PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 
 
 def layout_family(index: Mapping[str, Any]) -> str:
-    """``"sdxl"`` when model_index.json lists a second text encoder or names an SDXL pipeline, else ``"sd"``."""
+    """The family model_index.json describes: ``"sd3"`` / ``"flux"`` by the pipeline or the transformer it
+    names; ``"sdxl"`` when it lists a second text encoder or names an SDXL pipeline; else ``"sd"``."""
+    pipeline = str(index.get("_class_name", ""))
+    transformer = index.get("transformer")
+    transformer = transformer[1] if isinstance(transformer, (list, tuple)) and len(transformer) == 2 else None
+    if pipeline.startswith("StableDiffusion3") or transformer == "SD3Transformer2DModel":
+        return "sd3"
+    if pipeline.startswith("Flux") or transformer == "FluxTransformer2DModel":
+        return "flux"
     entry = index.get("text_encoder_2")
     listed = isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
-    named = str(index.get("_class_name", "")).startswith("StableDiffusionXL")
-    return "sdxl" if listed or named else "sd"
+    return "sdxl" if listed or pipeline.startswith("StableDiffusionXL") else "sd"
+
+
+def listed(index: Mapping[str, Any], component: str) -> bool:
+    """Whether model_index.json lists ``component`` with a class (not ``[null, null]``)."""
+    entry = index.get(component)
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
 
 
 def check_layout(
@@ -106,14 +150,16 @@ def check_layout(
     problems: list[str] = []
     unsafe: list[str] = []
     weights: dict[str, tuple[str, ...]] = {}
-    for component in FAMILIES[family]:
+    optional = tuple(c for c in OPTIONAL.get(family, ()) if listed(index, c))
+    for component in (*FAMILIES[family], *optional):
         entry = index.get(component)
         if not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[1] is None:
             problems.append(f"model_index.json has no {component!r} entry" + _family_hint(family, component))
         elif (family, component) in REQUIRED_CLASSES and entry[1] != REQUIRED_CLASSES[family, component]:
             problems.append(
                 f"model_index.json: {component} is {entry[1]}, expected "
-                f"{REQUIRED_CLASSES[family, component]} (its projected pooled output conditions the UNet)"
+                f"{REQUIRED_CLASSES[family, component]}"
+                + (" (its projected pooled output conditions the UNet)" if family == "sdxl" else "")
             )
         config = CONFIG_FILES.get(component, "tokenizer.json")
         if not any(rel.startswith(f"{component}/") for rel in files):
@@ -138,7 +184,7 @@ def check_layout(
             "Model.from_pretrained(dir, use_safetensors=False).save_pretrained(dir, safe_serialization=True), "
             "or use a repository that ships *.safetensors"
         )
-    if "unet/config.json" in files:
+    if family in ("sd", "sdxl") and "unet/config.json" in files:
         unet_config = _read_json_checked(read_json, "unet/config.json", where)
         problems.extend(unet_config_problems(unet_config if isinstance(unet_config, dict) else {}, family))
     if problems:

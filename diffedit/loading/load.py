@@ -1,4 +1,5 @@
-"""``load_bundle``: a diffusers SD 1.x/2.x or SDXL model, from wherever it is, into a ``ModelBundle``.
+"""``load_bundle``: a diffusers SD 1.x/2.x or SDXL model, from wherever it is, into a ``ModelBundle``;
+an SD3/SD3.5 or FLUX.1 model into a ``FlowBundle`` (``diffedit.flow_bundle``).
 
 ``load_bundle(source)`` reads ``source`` by its shape (``classify_source``):
 
@@ -8,7 +9,7 @@
 3. ``org/name`` that is not an existing path: a Hugging Face Hub repository, a snapshot in the hub
    client's cache (``diffedit.loading.hub``; offline with ``HF_HUB_OFFLINE=1``).
 
-Then, for the local directory: 4. the layout is checked (``check_layout``: the family, SD or SDXL, each
+Then, for the local directory: 4. the layout is checked (``check_layout``: the family, SD, SDXL, SD3 or FLUX.1, each
 component, safetensors only); 5. the weights are hashed (``weights_sha256``); 6. the family's components
 are read (``_components``) with ``use_safetensors=True`` and ``local_files_only=True`` into the dtype and
 onto the device.
@@ -23,13 +24,14 @@ from typing import Any
 import torch
 
 from diffedit.bundle import ModelBundle
+from diffedit.flow_bundle import FLOW_FAMILIES, FlowBundle
 from diffedit.loading.cache import sync_to_cache
 from diffedit.loading.dtypes import resolve_dtype
 from diffedit.loading.errors import ModelLayoutError, ModelNotFoundError
 from diffedit.loading.files import flock, list_local
 from diffedit.loading.hashing import weights_sha256
 from diffedit.loading.hub import download_from_hub
-from diffedit.loading.layout import check_layout, layout_family
+from diffedit.loading.layout import check_layout, layout_family, listed
 from diffedit.loading.urls import classify_source, redact_url
 
 __all__ = ["load_bundle"]
@@ -90,6 +92,14 @@ def _load_directory(root: Path, *, device: torch.device, dtype: torch.dtype, sou
     family = layout_family(index)
     scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     weights_hash = weights_sha256(root, [rel for files in weights.values() for rel in files])
+    if family in FLOW_FAMILIES:
+        return FlowBundle(
+            **_flow_components(root, family, index, dtype=dtype, device=device),
+            scheduler_config=scheduler_config,
+            source=source,
+            weights_hash=weights_hash,
+            sample_size=index.get("default_sample_size"),
+        )
     return ModelBundle(
         **_components(root, family, dtype=dtype, device=device),
         scheduler_config=scheduler_config,
@@ -99,6 +109,29 @@ def _load_directory(root: Path, *, device: torch.device, dtype: torch.dtype, sou
         force_zeros_for_empty_prompt=family == "sdxl"
         and bool(index.get("force_zeros_for_empty_prompt", True)),
     )
+
+
+def _flow_components(
+    root: Path, family: str, index: dict[str, Any], *, dtype: torch.dtype, device: torch.device
+) -> dict[str, Any]:
+    """SD3's or FLUX.1's modules and tokenizers (the classes model_index.json names, which the layout
+    check has pinned), from safetensors only, in ``dtype`` on ``device``; SD3's T5 when it is listed."""
+    import diffusers
+    import transformers
+
+    safe = {"use_safetensors": True, "local_files_only": True, "dtype": dtype}
+    parts: dict[str, Any] = {}
+    names = ["transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"]
+    if family == "sd3" and listed(index, "text_encoder_3"):
+        names += ["text_encoder_3", "tokenizer_3"]
+    for name in names:
+        library, cls = index[name]
+        module = getattr(diffusers if library == "diffusers" else transformers, cls)
+        if name.startswith("tokenizer"):
+            parts[name] = module.from_pretrained(str(root / name), local_files_only=True)
+        else:
+            parts[name] = module.from_pretrained(str(root / name), **safe).to(device)
+    return parts
 
 
 def _components(root: Path, family: str, *, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
