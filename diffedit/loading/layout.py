@@ -92,7 +92,10 @@ WEIGHT_STEMS = {
 #: (``.fp16.safetensors``) never match.
 FILE_PATTERNS: tuple[str, ...] = (
     "model_index.json",
-    *(f"{component}/*.json" for component in (*FAMILIES["sdxl"], "transformer", "text_encoder_3", "tokenizer_3")),
+    *(
+        f"{component}/*.json"
+        for component in (*FAMILIES["sdxl"], "transformer", "text_encoder_3", "tokenizer_3")
+    ),
     *(f"{tokenizer}/*.txt" for tokenizer in TOKENIZERS),
     *(f"{tokenizer}/*.model" for tokenizer in TOKENIZERS),  # sentencepiece (T5's spiece.model)
     *(f"{component}/{stem}.safetensors" for component, stem in WEIGHT_STEMS.items()),
