@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements/constraints
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-archs lint format demo bench-quality bench-perf clean
+.PHONY: install test test-slow test-archs lint format demo bench-quality bench-perf bench-gpu clean
 
 install: $(STAMP)
 
@@ -58,6 +58,12 @@ bench-quality: install
 # Issue 5's side-by-side performance benchmark; writes out/perf.json.
 bench-perf: install
 	$(BIN)/python -m benchmarks.perf --model models/shapes-v3 --out out/perf.json
+
+# Issue 19's GPU benchmark: per family, UNet evaluations/s and edits/s, bf16/fp16, eager/compiled, peak
+# memory and utilisation against counted FLOPs, in at most 8 minutes on one CUDA GPU; writes out/gpu/.
+# (python -m benchmarks.gpu --dry runs it on the tiny models on a CPU, in the default suite.)
+bench-gpu: install
+	$(BIN)/python -m benchmarks.gpu --out out/gpu
 
 clean:
 	rm -rf $(VENV) out data .pytest_cache .ruff_cache

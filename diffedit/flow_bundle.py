@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from diffedit import conditioning
+from diffedit.loading.layout import FLUX_SAMPLE_SIZE
 from diffedit.modelcall import Prediction, from_velocity
 from diffedit.schedule import Levels, flow_levels
 from diffedit.vae import LatentCodec
@@ -41,8 +42,6 @@ from diffedit.vae import LatentCodec
 log = logging.getLogger(__name__)
 
 FLOW_FAMILIES = ("sd3", "flux")
-#: FluxPipeline's default_sample_size: the native latent side (x the VAE stride = 1024 px).
-FLUX_SAMPLE_SIZE = 128
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:

@@ -124,8 +124,15 @@ class ComputeConfig:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     torch_threads: int = 0
-    batch_size: int = 8  # rows per call of the model actor
-    max_batch: int = 16  # UNet samples per forward pass (DiffEditor.max_batch)
+    # Batch sizes; null (unset): the per-family plan's value for the model (pipeline.sizing), a value
+    # set here always wins.
+    batch_size: int | None = None  # rows per call of the editor (per actor call when not grouping)
+    max_batch: int | None = None  # UNet samples per forward pass (DiffEditor.max_batch)
+    vae_batch: int | None = None  # images per VAE encode/decode call (DiffEditor.vae_batch)
+    # rows per actor call, edited in chunks of batch_size rows of one model resolution; 0: off
+    group_window: int | None = None
+    vae_tiling: bool = False  # VAE encode/decode in tiles: bounded memory on large images
+    vae_slicing: bool = False  # VAE decode one image at a time within a call (diffusers' enable_slicing)
     io_cpus: float = 0.25
     fetch_threads: int = 8  # concurrent image downloads inside one fetch task
     rows_per_block: int = 32  # rows per Ray block after reading: the unit of streaming and of progress
@@ -585,9 +592,16 @@ def _check_ranges(job: JobConfig) -> None:
     for key in ("torch_threads", "actor_memory_gb", "actor_startup_timeout_s", "progress_timeout_s"):
         if getattr(c, key) < 0:
             problems.append(f"compute.{key} must be >= 0, got {getattr(c, key)}")
-    for key in ("batch_size", "max_batch", "fetch_threads", "rows_per_block"):
-        if getattr(c, key) < 1:
+    for key in ("batch_size", "max_batch", "vae_batch", "fetch_threads", "rows_per_block"):
+        if getattr(c, key) is not None and getattr(c, key) < 1:
             problems.append(f"compute.{key} must be >= 1, got {getattr(c, key)}")
+    if c.group_window is not None and c.group_window < 0:
+        problems.append(f"compute.group_window must be >= 0 (0: off), got {c.group_window}")
+    elif c.group_window and c.batch_size is not None and 0 < c.group_window < c.batch_size:
+        problems.append(
+            f"compute.group_window must be 0 (off) or >= compute.batch_size ({c.batch_size}), "
+            f"got {c.group_window}"
+        )
     if c.io_cpus < 0:
         problems.append(f"compute.io_cpus must be >= 0, got {c.io_cpus}")
     im = job.images

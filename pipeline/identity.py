@@ -55,6 +55,7 @@ from typing import Any, Literal
 
 from pipeline.config import ConfigError, JobConfig
 from pipeline.faults import credentials_message, rejected_credentials
+from pipeline.sizing import Geometry, geometry_from_configs
 from pipeline.storage import StorageError, filesystem, redact
 
 #: Bump when a change of this code alters the output rows of the same input and configuration (the
@@ -78,6 +79,9 @@ class ModelSource:
     fingerprint: dict[str, Any]  # see the module docstring
     description: str  # one line for validate
     family: str = "Stable Diffusion"  # the layout's family's name (diffedit.loading.layout.FAMILY_NAMES)
+    # family key, native size and pixel multiple from the UNet's and VAE's configs (pipeline.sizing):
+    # the batch plan and the regrouping key; None when the configs could not be read
+    geometry: Geometry | None = None
 
 
 def sha256_json(data: Any) -> str:
@@ -143,9 +147,10 @@ def inspect_model(job: JobConfig) -> ModelSource:
 
 def _check_layout(
     files: set[str], read_json: Callable[[str], Any], where: str
-) -> tuple[dict[str, tuple[str, ...]], str]:
-    """The layout's weight files per component, and its family's name for the report
-    ("Stable Diffusion", "Stable Diffusion XL", "Stable Diffusion 3" or "FLUX.1")."""
+) -> tuple[dict[str, tuple[str, ...]], str, Geometry | None]:
+    """The layout's weight files per component, its family's name for the report
+    (``FAMILY_NAMES``: "Stable Diffusion", "Stable Diffusion XL", "Stable Diffusion 3" or "FLUX.1") and
+    its geometry (``pipeline.sizing.geometry_from_configs``)."""
     from diffedit.loading.errors import ModelLayoutError, UnsafeWeightsError
     from diffedit.loading.layout import FAMILY_NAMES, check_layout, layout_family
 
@@ -153,7 +158,9 @@ def _check_layout(
         weights = check_layout(files, read_json, where)
     except (ModelLayoutError, UnsafeWeightsError) as exc:
         raise ConfigError(str(exc)) from None
-    return weights, FAMILY_NAMES[layout_family(read_json("model_index.json"))]
+    family = layout_family(read_json("model_index.json"))
+    geometry = geometry_from_configs(family, read_json)
+    return weights, FAMILY_NAMES[family], geometry
 
 
 def _small_files_sha256(files: list[str], read_bytes: Callable[[str], bytes]) -> str:
@@ -189,7 +196,7 @@ def _inspect_local(root: str, where: str) -> ModelSource:
         with open(os.path.join(root, rel), "rb") as f:
             return f.read()
 
-    weights, family = _check_layout(files, lambda rel: json.loads(read_bytes(rel)), where)
+    weights, family, geometry = _check_layout(files, lambda rel: json.loads(read_bytes(rel)), where)
     weight_files = sorted(f for fs in weights.values() for f in fs)
     small = [f for f in files if _wanted(f) and not f.endswith(".safetensors")]
     fingerprint = {
@@ -207,6 +214,7 @@ def _inspect_local(root: str, where: str) -> ModelSource:
             f"weights sha256 {fingerprint['weights_sha256'][:16]})"
         ),
         family=family,
+        geometry=geometry,
     )
 
 
@@ -238,7 +246,9 @@ def _inspect_remote(job: JobConfig, url: str, where: str) -> ModelSource:
         raise StorageError(f"{where}: cannot list: {type(exc).__name__}: {exc}") from None
     if not listing:
         raise ConfigError(f"{where}: no such model directory (nothing under it)")
-    _, family = _check_layout(set(listing), lambda rel: json.loads(fs.cat_file(f"{root}/{rel}")), where)
+    _, family, geometry = _check_layout(
+        set(listing), lambda rel: json.loads(fs.cat_file(f"{root}/{rel}")), where
+    )
     entries = [[rel, size, version] for rel, (size, version) in sorted(listing.items()) if _wanted(rel)]
     return ModelSource(
         kind="remote",
@@ -250,6 +260,7 @@ def _inspect_remote(job: JobConfig, url: str, where: str) -> ModelSource:
             f"({sum(1 for e in entries if e[0].endswith('.safetensors'))} safetensors file(s))"
         ),
         family=family,
+        geometry=geometry,
     )
 
 
@@ -313,11 +324,11 @@ def _inspect_hub(job: JobConfig, repo: str, where: str) -> ModelSource:
         commit = os.path.basename(root.rstrip("/"))
         source = _inspect_local(root, where)
         files = None
-        family = source.family
+        family, geometry = source.family, source.geometry
         weights_hint = f", weights sha256 {source.fingerprint['weights_sha256'][:16]}"
     else:
         assert files is not None and read_json is not None
-        _, family = _check_layout(files, read_json, where)
+        _, family, geometry = _check_layout(files, read_json, where)
         weights_hint = ""
     if not _COMMIT.match(commit or ""):
         raise ConfigError(f"{where}: {named} did not resolve to a commit (got {commit!r})")
@@ -328,6 +339,7 @@ def _inspect_hub(job: JobConfig, repo: str, where: str) -> ModelSource:
         fingerprint={"kind": "hub", "repo": repo, "commit": commit},
         description=f"hub repository {named} at commit {commit[:12]}: {family} layout OK{weights_hint}",
         family=family,
+        geometry=geometry,
     )
 
 

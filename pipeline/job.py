@@ -53,6 +53,7 @@ from pipeline.faults import (
 )
 from pipeline.lease import Heartbeat, OutputBusy, lease_fields, refuse_if_busy
 from pipeline.manifest import ManifestInfo
+from pipeline.sizing import Geometry, batching
 from pipeline.storage import filesystem, join, redact
 from pipeline.validate import (  # noqa: F401 (InputError, StorageError re-exported)
     InputError,
@@ -230,7 +231,10 @@ def _edit_and_finish(
             job,
             model=dataclasses.replace(job.model, source=pre.model.location, revision=pre.model.revision),
         )
-        execute(loaded, manifest, done, run_id, out_fs, out, model_label=redact(written.model.source))
+        execute(
+            loaded, manifest, done, run_id, out_fs, out,
+            model_label=redact(written.model.source), geometry=pre.model.geometry,
+        )  # fmt: skip
         edit_seconds = time.time() - edit_started
 
     replaced = 0
@@ -369,10 +373,13 @@ def execute(
     out: str,
     *,
     model_label: str | None = None,
+    geometry: Geometry | None = None,
 ) -> list[O.PartWritten]:
     """Build and run the Ray Data plan over the rows not in ``done`` (Ray must be initialised).
-    ``model_label``: the ``model`` column's value (default: the source the actors load). The watchdog
-    (``pipeline.watchdog``) ends a plan that stops moving with ``Stalled`` (exit 1)."""
+    ``model_label``: the ``model`` column's value (default: the source the actors load). ``geometry``:
+    the model's (the preflight's ``ModelSource.geometry``): the batch plan and the regrouping key
+    (``pipeline.sizing``, ``pipeline.grouping``). The watchdog (``pipeline.watchdog``) ends a plan that
+    stops moving with ``Stalled`` (exit 1)."""
     import ray
 
     from pipeline.watchdog import ProgressBoard, Stalled, Watchdog, board_snapshot
@@ -383,7 +390,7 @@ def execute(
     dog = Watchdog(c, board_snapshot(board)).start()  # from here on, a plan that stops moving ends
     try:
         try:
-            return _run_plan(job, manifest, done, run_id, out_fs, out, in_fs, board, model_label)
+            return _run_plan(job, manifest, done, run_id, out_fs, out, in_fs, board, model_label, geometry)
         finally:
             dog.stop()
     except KeyboardInterrupt:
@@ -405,6 +412,7 @@ def _run_plan(
     in_fs: Any,
     board: Any,
     model_label: str | None = None,
+    geometry: Geometry | None = None,
 ) -> list[O.PartWritten]:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
@@ -413,6 +421,8 @@ def _run_plan(
     from pipeline.watchdog import WatchedEditStage
 
     c = job.compute
+    plan = batching(c, geometry)
+    log.info("%s", plan.describe())
     ctx = DataContext.get_current()
     ctx.max_errored_blocks = 0
     # A fetch or commit task that failed on storage trouble (after botocore's own retries) runs again
@@ -429,7 +439,7 @@ def _run_plan(
         batch_format="pyarrow",
         batch_size=None,
         fn_kwargs={"params": job.params, "images": job.images, "storage": job.storage, "done": done,
-                   "threads": c.fetch_threads, "limits": job.limits},
+                   "threads": c.fetch_threads, "limits": job.limits, "geometry": geometry},
         **io,
     )  # fmt: skip
     pool = (
@@ -443,7 +453,9 @@ def _run_plan(
         ds = ds.map_batches(
             WatchedEditStage,
             batch_format="pyarrow",
-            batch_size=c.batch_size,
+            # a window of group_window rows per call, edited in chunks of one model resolution
+            # (pipeline.grouping); else batch_size rows per call
+            batch_size=plan.group_window or plan.batch_size,
             compute=pool,
             num_cpus=c.cpus_per_actor,
             num_gpus=c.gpus_per_actor,

@@ -124,6 +124,10 @@ FETCHED_SCHEMA = pa.schema(
         pa.field("pixels", pa.binary()),  # raw RGB, row-major, width x height x 3
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        # the size the model works at (diffedit.images.model_resolution): the regrouping key
+        # (pipeline.grouping); null on failed rows or when the model's geometry is unknown
+        pa.field("model_width", pa.int32()),
+        pa.field("model_height", pa.int32()),
         pa.field("seconds_fetch", pa.float64()),
     ]
 )

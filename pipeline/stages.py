@@ -28,15 +28,18 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from diffedit.images import model_resolution
 from diffedit.params import EditParams
 from diffedit.scores import SCORE_NAMES
 from pipeline import rows as R
 from pipeline.config import FilterConfig, ImagesConfig, JobConfig, LimitsConfig, StorageConfig, scoring_of
+from pipeline.grouping import chunks
 from pipeline.images import ImageError, encode_png, load_row_image
 from pipeline.keep import keep_verdict
 from pipeline.limits import check_limits
 from pipeline.manifest import IMAGE, IMAGE_BYTES, MAX_SEED, OVERRIDE_COLUMNS, default_seed
 from pipeline.plan import available_cpus
+from pipeline.sizing import Geometry, batching
 from pipeline.storage import redact, scheme_of, storage_options
 
 log = logging.getLogger(__name__)
@@ -54,15 +57,25 @@ def fetch_rows(
     done: Collection[str] = frozenset(),
     threads: int = 8,
     limits: LimitsConfig | None = None,
+    geometry: Geometry | None = None,
 ) -> pa.Table:
     """Manifest rows -> working rows (``rows.FETCHED_SCHEMA``); rows whose id is in ``done`` are dropped.
-    Raises ``TransientStorageError`` when storage keeps failing for a row (none of the batch is kept)."""
+    Raises ``TransientStorageError`` when storage keeps failing for a row (none of the batch is kept).
+    ``geometry`` (the model's, ``pipeline.sizing``): each ok row gets its model resolution
+    (``model_width``, ``model_height``), the key ``pipeline.grouping`` regroups rows by."""
     records = [r for r in batch.to_pylist() if r["id"] not in done]
     if not records:
         return R.FETCHED_SCHEMA.empty_table()
     limits = limits or LimitsConfig()
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(records)))) as pool:
         out = list(pool.map(lambda r: prepare_row(r, params, images, storage, limits), records))
+    if geometry is not None:
+        for row in out:
+            if row["status"] == R.OK:
+                size = model_resolution(
+                    row["width"], row["height"], geometry.native_size, geometry.pixel_multiple
+                )
+                row["model_width"], row["model_height"] = size
     return R.table_from_rows(out, R.FETCHED_SCHEMA)
 
 
@@ -168,12 +181,21 @@ class EditStage:
             cache_dir=job.model.cache_dir,
             storage_options=options,
         )
-        self.bundle.optimize(channels_last=compute.channels_last, compile_unet=compute.compile_unet)
+        self.bundle.optimize(
+            channels_last=compute.channels_last,
+            compile_unet=compute.compile_unet,
+            vae_tiling=compute.vae_tiling,
+        )
+        if compute.vae_slicing:
+            self.bundle.vae.enable_slicing()
+        b = self.bundle
+        self.batching = batching(compute, Geometry(b.family, b.native_size, b.pixel_multiple))
         sel = job.selection
         self.editor = DiffEditor(
             self.bundle,
             job.params,
-            max_batch=compute.max_batch,
+            max_batch=self.batching.max_batch,
+            vae_batch=self.batching.vae_batch,
             scoring=scoring_of(job),
             selection=Selection(candidates=sel.candidates, by=sel.by, variants=sel.variants),
         )
@@ -184,7 +206,11 @@ class EditStage:
             "torch_version": torch.__version__,
         }
         log.info(
-            "model %s loaded in %.1f s (torch threads: %d)", self.model, time.perf_counter() - start, threads
+            "model %s loaded in %.1f s (torch threads: %d); %s",
+            self.model,
+            time.perf_counter() - start,
+            threads,
+            self.batching.describe(),
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -197,6 +223,7 @@ class EditStage:
             self.bundle.weights_hash,
             tokenizers=bundle_tokenizers(self.bundle),
             provenance=self.provenance,
+            chunk_size=self.batching.batch_size if self.batching.group_window else None,
         )
 
 
@@ -207,8 +234,13 @@ def edit_rows(
     weights_hash: str,
     tokenizers: Sequence[Any] = (),
     provenance: dict[str, str] | None = None,
+    chunk_size: int | None = None,
 ) -> pa.Table:
     """Edit the ``ok`` rows of a working batch with ``editor``; ``failed`` rows pass through.
+
+    ``chunk_size`` (a window of ``compute.group_window`` rows, ``pipeline.grouping``): the rows are
+    edited in chunks of at most that many rows of one model resolution, one editor call each; None:
+    the batch in one call. Rows come back in the batch's order either way.
 
     A request the editor refuses fails its row. If the batch raises anyway, each row is retried alone
     so that one bad row cannot fail its batch-mates (a row's result does not depend on its batch).
@@ -244,21 +276,17 @@ def edit_rows(
         if warnings:
             row["warning"] = "; ".join([*([row["warning"]] if row.get("warning") else []), *warnings])
         todo.append((row, request))
-    if todo:
-        try:
-            results = editor.edit([req for _, req in todo])
-            pairs = list(zip([row for row, _ in todo], results, strict=True))
-        except Exception as exc:
-            log.warning(
-                "batch of %d rows failed (%s: %s); retrying row by row", len(todo), type(exc).__name__, exc
-            )
-            pairs = []
-            for row, request in todo:
-                try:
-                    pairs.append((row, editor.edit([request])[0]))
-                except Exception as row_exc:
-                    row.update(status=R.FAILED, error=f"edit failed: {type(row_exc).__name__}: {row_exc}")
-        for row, result in pairs:
+    groups = [todo]
+    if chunk_size and todo:
+        keys = [
+            (r["model_width"], r["model_height"])
+            if r.get("model_width")
+            else ("input", r["width"], r["height"])
+            for r, _ in todo
+        ]
+        groups = [[todo[i] for i in chunk] for chunk in chunks(keys, chunk_size)]
+    for group in groups:
+        for row, result in _edit_group(editor, group):
             c = result.counters
             row.update(
                 edited_pixels=result.image.convert("RGB").tobytes(),
@@ -284,6 +312,27 @@ def edit_rows(
                 seconds_edit=c.get("seconds_total"),
             )
     return R.table_from_rows(records, R.EDITED_SCHEMA)
+
+
+def _edit_group(editor: Any, todo: list[tuple[dict[str, Any], Any]]) -> list[tuple[dict[str, Any], Any]]:
+    """(row, result) for the rows of one editor call; if the call raises, each row is retried alone and
+    a row that still fails is marked failed (and left out)."""
+    if not todo:
+        return []
+    try:
+        results = editor.edit([req for _, req in todo])
+        return list(zip([row for row, _ in todo], results, strict=True))
+    except Exception as exc:
+        log.warning(
+            "batch of %d rows failed (%s: %s); retrying row by row", len(todo), type(exc).__name__, exc
+        )
+    pairs = []
+    for row, request in todo:
+        try:
+            pairs.append((row, editor.edit([request])[0]))
+        except Exception as row_exc:
+            row.update(status=R.FAILED, error=f"edit failed: {type(row_exc).__name__}: {row_exc}")
+    return pairs
 
 
 # --------------------------------------------------------------------------- 3. encode

@@ -29,6 +29,7 @@ from pipeline.faults import credentials_message, describe, is_transient, rejecte
 from pipeline.identity import ModelSource, identity_difference, inspect_model, results_hash, results_identity
 from pipeline.images import is_allowed, shown_uri
 from pipeline.manifest import IMAGE, IMAGE_BYTES, ManifestError, ManifestInfo, inspect_manifest
+from pipeline.sizing import batching
 from pipeline.storage import StorageError, filesystem, join, parquet_file, redact
 
 
@@ -89,6 +90,7 @@ def preflight(
     model = inspect_model(job)
     lines.append(f"model: {model.description}")
     lines.append(row_cost_line(job))
+    lines.append(batching(job.compute, model.geometry).describe())
     identity = results_identity(job, model)
     key = results_hash(identity)
     lines.append(f"results hash {key[:16]} (model, params, image rules, device/dtype; never paths)")

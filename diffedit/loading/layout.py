@@ -49,6 +49,9 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 #: Components a family may have (checked like the others when model_index.json lists them).
 OPTIONAL: dict[str, tuple[str, ...]] = {"sd3": ("text_encoder_3", "tokenizer_3")}
+#: FluxPipeline's default_sample_size: FLUX.1's native latent side (x the VAE stride = 1024 px); a
+#: directory's model_index.json may say otherwise ("default_sample_size", as diffedit.tiny writes).
+FLUX_SAMPLE_SIZE = 128
 #: Each family's name in reports.
 FAMILY_NAMES = {
     "sd": "Stable Diffusion",

@@ -49,13 +49,15 @@ def test_the_job_edits_exactly_what_diffeditor_edits(ray_cluster, tmp_path, monk
         row.setdefault("encode_ratio", None)
     write_manifest(tmp_path / "in" / "m.parquet", rows)
     # The CPU preset (bfloat16), batches of 2 rows in blocks of 2: the 5 rows are edited in 3 calls of
-    # the model actor, with batch-mates that differ from the reference's (one row per call).
+    # the model actor, with batch-mates that differ from the reference's (one row per call). With
+    # group_window 4 the actor takes windows of 4 rows and edits them in chunks of one model resolution
+    # (pipeline.grouping): other batch-mates again, each id still once.
     job_file = tmp_path / "job.yaml"
     job_file.write_text(
         "presets: [models/shapes-v3, compute/cpu]\n"
         f"input: {{paths: [in]}}\noutput: {{path: out, rows_per_file: 2}}\nmodel: {{source: '{MODEL}'}}\n"
         "params: {num_inference_steps: 4, num_mask_draws: 2}\n"
-        "compute: {batch_size: 2, rows_per_block: 2, torch_threads: 1}\n"
+        "compute: {batch_size: 2, rows_per_block: 2, torch_threads: 1, group_window: 4}\n"
         "selection: {candidates: 2}\n"
     )
     monkeypatch.chdir(tmp_path)

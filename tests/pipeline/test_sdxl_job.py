@@ -104,10 +104,14 @@ def test_sdxl_example_job_loads():
     from pipeline_testing import REPO
 
     from pipeline.config import load_job
+    from pipeline.sizing import Geometry, batching
 
     env = {"DATA_BUCKET": "data", "MODEL_BUCKET": "models", "DS": "2024-06-01"}
     job = load_job(REPO / "jobs" / "sdxl_recolor.yaml", env=env)
     assert job.model.source == "s3://models/models/stable-diffusion-xl-base-1.0/"
     assert job.params.guidance_scale == 5.0 and job.params.num_inference_steps == 50  # the sdxl preset
-    assert job.compute.device == "cuda" and job.compute.dtype == "float16" and job.compute.max_batch == 16
+    assert job.compute.device == "cuda" and job.compute.dtype == "float16" and job.compute.max_batch is None
+    # the batch sizes come from the per-family plan (pipeline.sizing): SDXL at 1024 px
+    plan = batching(job.compute, Geometry("sdxl", 1024, 64))
+    assert (plan.batch_size, plan.max_batch, plan.vae_batch, plan.group_window) == (8, 16, 4, 384)
     assert job.output.path == "s3://data/diffedit/outputs/sdxl_recolor/ds=2024-06-01/"

@@ -1,0 +1,337 @@
+"""``make bench-gpu``: UNet evaluations/s and edits/s per family on one CUDA GPU (issue 19, item 6).
+
+``python -m benchmarks.gpu [--out out/gpu]`` measures, per model family at its native resolution with
+random weights from the published configs (``benchmarks.perf.fullsize``: SD 1.5 at 512², SDXL at
+1024²; ``FAMILIES`` is the hook where issue 18 adds SD3.5-medium and FLUX.1 through ``diffedit.tiny``
+builders), per dtype (bfloat16, float16), per mode (eager; compiled: ``ModelBundle.optimize(
+compile_unet=True, channels_last=True)``) and per batch size:
+
+* ``unet_evals_per_s``: samples through ``ModelBundle.eps`` per second, at one timestep and the
+  caption's conditioning, after one warm-up call per shape (the compile, for the compiled mode);
+* ``edits_per_s``: rows per second through ``DiffEditor.edit`` at the batch size (``BENCH_PARAMS``:
+  10 DDIM steps, 2 mask draws: ``evals_per_edit`` UNet evaluations counted by the editor), and
+  ``edits_per_s_at_140``: the same UNet throughput spent on the defaults' 140 evaluations per edit;
+* ``peak_gib``: ``torch.cuda.max_memory_allocated`` over the cell (the edit included);
+* ``tflops`` and ``utilisation``: the FLOPs of one evaluation, counted by
+  ``torch.utils.flop_counter.FlopCounterMode`` on one sample (matmuls, convolutions, attention; 2 per
+  multiply-add), times ``unet_evals_per_s``, against the GPU's dense fp16/bf16 peak (``PEAK_TFLOPS`` by
+  device name, or ``--peak-tflops``).
+
+The whole run keeps to ``--budget-s`` (480 s): a cell that would start after the budget is written as
+skipped. It writes ``gpu.md`` (the Markdown table) and ``gpu.json`` under ``--out``.
+
+``--dry`` runs the same code on the tiny models of ``diffedit.tiny`` on the CPU in float32, eager, in
+seconds (``tests/benchmarks/test_gpu_bench.py`` keeps it working); its figures say nothing about a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: The defaults' UNet evaluations per edit (mask 2 x 10, encode 40, decode 2 x 40; README).
+DEFAULT_EVALS = 140
+#: Dense fp16/bf16 tensor-core peaks in TFLOP/s (NVIDIA data sheets), by a substring of the device name.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+COLUMNS = (
+    "family", "dtype", "mode", "batch", "unet_evals_per_s", "edits_per_s", "evals_per_edit",
+    "edits_per_s_at_140", "peak_gib", "tflops", "utilisation", "status",
+)  # fmt: skip
+
+
+@dataclass
+class Cell:
+    """One measurement: a family, dtype, mode and batch size (columns: ``COLUMNS``)."""
+
+    family: str
+    dtype: str
+    mode: str
+    batch: int
+    unet_evals_per_s: float | None = None
+    edits_per_s: float | None = None
+    evals_per_edit: float | None = None
+    edits_per_s_at_140: float | None = None
+    peak_gib: float | None = None
+    tflops: float | None = None
+    utilisation: float | None = None
+    status: str = "ok"
+
+
+def _fullsize(name: str) -> Callable[[torch.dtype, str], Any]:
+    """A builder of a published architecture with random weights, as a ``ModelBundle`` on ``device``."""
+
+    def build(dtype: torch.dtype, device: str) -> Any:
+        from benchmarks.perf.fullsize import _kwargs, arch_config, build_modules, build_tokenizer
+        from diffedit.bundle import ModelBundle
+
+        parts = build_modules(name, device=device, dtype=dtype)
+        tokenizer = build_tokenizer()
+        extra = (
+            {"tokenizer_2": tokenizer, "force_zeros_for_empty_prompt": True}
+            if "text_encoder_2" in parts
+            else {}
+        )
+        return ModelBundle(
+            **parts,
+            tokenizer=tokenizer,
+            scheduler_config=_kwargs(arch_config(name)["scheduler"]),
+            source=f"random:{name}",
+            **extra,
+        )
+
+    return build
+
+
+def _tiny(sdxl: bool) -> Callable[[torch.dtype, str], Any]:
+    def build(dtype: torch.dtype, device: str) -> Any:
+        from diffedit.tiny import tiny_bundle, tiny_sdxl_bundle
+
+        return (tiny_sdxl_bundle if sdxl else tiny_bundle)(0, dtype=dtype)
+
+    return build
+
+
+#: family -> builder(dtype, device) of a ModelBundle with random weights. Issue 18 (flow-matching
+#: models) adds "sd3" and "flux" here, from its diffedit.tiny builders scaled to the published configs.
+FAMILIES: dict[str, Callable[[torch.dtype, str], Any]] = {
+    "sd15": _fullsize("sd15"),
+    "sdxl": _fullsize("sdxl"),
+}
+DRY_FAMILIES: dict[str, Callable[[torch.dtype, str], Any]] = {"sd15": _tiny(False), "sdxl": _tiny(True)}
+#: The edit measured: fewer steps than the defaults, so that a batch fits the budget.
+BENCH_PARAMS = {"num_inference_steps": 10, "num_mask_draws": 2}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def unet_inputs(bundle: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latents at the native size, timestep 500, the caption's conditioning.  # (B, C, h, w), (B,), (B, L', D)"""
+    size = bundle.native_size
+    h = w = size // bundle.vae_scale_factor
+    emb = bundle.encode_prompts(["a photo of a red circle"])  # (1, L', D)
+    emb = bundle.condition_rows(emb.expand(batch, -1, -1), [(size, size)] * batch, [(size, size)] * batch)
+    latents = torch.randn(batch, bundle.latent_channels, h, w, device=bundle.device, dtype=bundle.work_dtype)
+    t = torch.full((batch,), 500, dtype=torch.int64, device=bundle.device)
+    return latents, t, emb
+
+
+def unet_flops(bundle: Any) -> int:
+    """FLOPs of one UNet evaluation (one sample) at the native size (``FlopCounterMode``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    latents, t, emb = unet_inputs(bundle, 1)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        bundle.eps(latents, t, emb)
+    return int(counter.get_total_flops())
+
+
+@torch.inference_mode()
+def time_unet(bundle: Any, batch: int, device: str, min_seconds: float) -> float:
+    """UNet samples per second at ``batch`` (after one warm-up call)."""
+    latents, t, emb = unet_inputs(bundle, batch)
+    bundle.eps(latents, t, emb)
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while True:
+        bundle.eps(latents, t, emb)
+        calls += 1
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds and calls >= 2:
+            return batch * calls / elapsed
+
+
+def time_edits(bundle: Any, batch: int, device: str) -> tuple[float, float]:
+    """(edits/s, UNet evaluations per edit) of one ``DiffEditor.edit`` of ``batch`` rows at the native
+    size (after a warm-up edit of the same shapes)."""
+    import numpy as np
+    from PIL import Image
+
+    from diffedit.editor import DiffEditor, EditRequest
+    from diffedit.params import EditParams
+    from pipeline.sizing import Geometry, plan_shape
+
+    size = bundle.native_size
+    # images per VAE call from the per-family plan (pipeline.sizing): SDXL's float32 VAE at 1024²
+    vae_batch = None
+    if device == "cuda":
+        geometry = Geometry(bundle.family, bundle.native_size, bundle.pixel_multiple)
+        vae_batch = plan_shape(geometry, "cuda")[0].vae_batch
+    editor = DiffEditor(bundle, EditParams.from_dict(BENCH_PARAMS), max_batch=2 * batch, vae_batch=vae_batch)
+    rng = np.random.default_rng(0)
+    requests = [
+        EditRequest(
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)),
+            "a blue circle",
+            caption="a red circle",
+            seed=i,
+        )
+        for i in range(batch)
+    ]
+    editor.edit(requests)
+    _sync(device)
+    start = time.perf_counter()
+    results = editor.edit(requests)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    evals = sum(r.counters["unet_evals"] for r in results) / batch
+    return batch / seconds, evals
+
+
+def measure(
+    builder: Callable[[torch.dtype, str], Any],
+    cell: Cell,
+    device: str,
+    flops: dict[tuple[str, str], int],
+    peak_tflops: float,
+    min_seconds: float,
+) -> Cell:
+    """Fill ``cell`` (module docstring); an out-of-memory error is the cell's status, not the run's."""
+    dtype = getattr(torch, cell.dtype)
+    bundle = builder(dtype, device)
+    if device == "cuda":
+        bundle.unet.to(device), bundle.vae.to(device), bundle.text_encoder.to(device)
+        if bundle.text_encoder_2 is not None:
+            bundle.text_encoder_2.to(device)
+        torch.cuda.reset_peak_memory_stats()
+    key = (cell.family, cell.dtype)
+    if key not in flops:
+        flops[key] = unet_flops(bundle)
+    if cell.mode == "compiled":
+        bundle.optimize(compile_unet=True, channels_last=True)
+    try:
+        cell.unet_evals_per_s = time_unet(bundle, cell.batch, device, min_seconds)
+        cell.edits_per_s, cell.evals_per_edit = time_edits(bundle, cell.batch, device)
+    except torch.OutOfMemoryError:
+        cell.status = "out of memory"
+        return cell
+    finally:
+        if device == "cuda":
+            cell.peak_gib = torch.cuda.max_memory_allocated() / 2**30
+        del bundle
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    cell.edits_per_s_at_140 = cell.unet_evals_per_s / DEFAULT_EVALS
+    cell.tflops = flops[key] * cell.unet_evals_per_s / 1e12
+    cell.utilisation = cell.tflops / peak_tflops
+    return cell
+
+
+def peak_of(device: str, override: float | None) -> float:
+    """The dense fp16/bf16 peak of this device in TFLOP/s (``--peak-tflops`` wins; 1.0 on a CPU)."""
+    if override:
+        return override
+    if device != "cuda":
+        return 1.0
+    name = torch.cuda.get_device_name()
+    for key, value in PEAK_TFLOPS.items():
+        if key in name:
+            return value
+    raise SystemExit(f"unknown peak for {name!r}: pass --peak-tflops")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = "cpu" if args.dry else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run on a GPU machine, or --dry for the tiny models on the CPU")
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    families = DRY_FAMILIES if args.dry else FAMILIES
+    peak = peak_of(device, args.peak_tflops)
+    started = time.perf_counter()
+    flops: dict[tuple[str, str], int] = {}
+    cells: list[Cell] = []
+    for mode in args.modes:  # every eager cell first: the compiled ones are the budget's first victims
+        for family in args.families:
+            for dtype in args.dtypes:
+                for batch in args.batches:
+                    cell = Cell(family, dtype, mode, batch)
+                    if time.perf_counter() - started > args.budget_s:
+                        cell.status = "skipped (budget)"
+                    else:
+                        measure(families[family], cell, device, flops, peak, args.min_seconds)
+                    cells.append(cell)
+                    print(format_row(cell), flush=True)
+    return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (dry: tiny models)",
+        "peak_tflops": peak,
+        "seconds": time.perf_counter() - started,
+        "budget_s": args.budget_s,
+        "flops_per_eval": {f"{f}/{d}": v for (f, d), v in flops.items()},
+        "bench_params": BENCH_PARAMS,
+        "cells": [asdict(c) for c in cells],
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def format_row(cell: Cell) -> str:
+    values = asdict(cell)
+    values["utilisation"] = None if cell.utilisation is None else f"{cell.utilisation:.1%}"
+    return "| " + " | ".join(_fmt(values[c]) for c in COLUMNS) + " |"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"device: {result['device']}, peak {result['peak_tflops']:g} TFLOP/s; {result['seconds']:.0f} s "
+        f"of a {result['budget_s']:g} s budget; edits at {result['bench_params']}",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += [format_row(Cell(**c)) for c in result["cells"]]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry", action="store_true", help="tiny models on the CPU, float32, eager")
+    parser.add_argument("--out", type=Path, default=Path("out/gpu"))
+    parser.add_argument("--families", nargs="+", default=None)
+    parser.add_argument("--dtypes", nargs="+", default=None)
+    parser.add_argument("--modes", nargs="+", default=None, choices=["eager", "compiled"])
+    parser.add_argument("--batches", nargs="+", type=int, default=None)
+    parser.add_argument("--budget-s", type=float, default=480.0)
+    parser.add_argument("--min-seconds", type=float, default=None, help="timed seconds per UNet figure")
+    parser.add_argument("--peak-tflops", type=float, default=None)
+    args = parser.parse_args(argv)
+    families = DRY_FAMILIES if args.dry else FAMILIES
+    args.families = args.families or list(families)
+    unknown = sorted(set(args.families) - set(families))
+    if unknown:
+        parser.error(f"unknown families {unknown}; known: {sorted(families)}")
+    args.dtypes = args.dtypes or (["float32"] if args.dry else ["bfloat16", "float16"])
+    args.modes = args.modes or (["eager"] if args.dry else ["eager", "compiled"])
+    args.batches = args.batches or ([1, 2] if args.dry else [8, 32])
+    args.min_seconds = args.min_seconds if args.min_seconds is not None else (0.05 if args.dry else 2.0)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    result = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = format_table(result)
+    (args.out / "gpu.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
