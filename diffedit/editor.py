@@ -11,9 +11,14 @@ Per call of ``edit``:
      (``diffedit.scores``, when the editor has a ``Scoring``);
   5. results resized back to each input's original size, with counters;
   6. with a ``Selection`` of K candidates, each row is edited K times with seeds derived from its own
-     (``diffedit.select``): the candidates share the VAE encode and the inversion (which do not depend
-     on the seed) and the best by the selection's weighted score is returned, with every candidate's
-     seed and scores.
+     (``diffedit.select``) and the best by the selection's weighted score is returned, with every
+     candidate's seed and scores.
+
+Shared work: the VAE encode and the DDIM inversion do not depend on the seed or the query, so the rows of
+a bucket with the same input pixels and encode settings (a request's candidates, several queries on one
+image) share one of each (``_source_key``), and an LRU of trajectories (``trajectory_cache``) extends
+that to rows of later calls; each row's ``unet_evals_encode`` is its share of the inversion it used
+(0 when it came from the cache).
 
 No hidden randomness: each row's draws come from generators seeded from the row's seed (one stream
 per stage, ``stage_generator``), and every per-row statistic is computed from that row alone, so a
@@ -98,6 +103,7 @@ class _Row:
     model_size: tuple[int, int]  # (W', H')
     candidate: int = 0  # k of diffedit.select
     seed: int = 0  # the candidate's seed (candidate 0: the request's)
+    digest: str = ""  # sha256 of ``pixels``: rows with equal digests share a source
 
 
 class DiffEditor:
@@ -112,11 +118,15 @@ class DiffEditor:
         scoring: Scoring | None = None,
         selection: Selection | None = None,
         vae_batch: int | None = None,
+        trajectory_cache: int = 32,
     ) -> None:
         """``scoring``: the scores to compute (None: none); ``selection``: best-of-K (None: K = 1).
         Selecting needs the scores it ranks by. ``vae_batch``: images per VAE encode/decode call
         (None: ``max_batch``); the VAE's activations at full resolution, not the UNet's, bound memory
-        on large images (SDXL at 1024²), so it is set apart from ``max_batch``."""
+        on large images (SDXL at 1024²), so it is set apart from ``max_batch``. ``trajectory_cache``: how
+        many sources' clean latents and DDIM trajectories the editor keeps (LRU, on the model's device;
+        SD 1.5 at 512², 40 steps: 2.7 MB each), so that rows sharing an image across calls share them
+        too (0: none kept)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if vae_batch is not None and vae_batch < 1:
@@ -139,6 +149,9 @@ class DiffEditor:
 
             self.clip = ClipScorer(scoring.clip_model, device=bundle.device)
         self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> (L, D)
+        # (image, encode settings) -> (x_0 (C, h, w), trajectory K+1 x (C, h, w)), on the model's device
+        self.trajectory_cache = trajectory_cache
+        self._trajectories: OrderedDict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = OrderedDict()
 
     # ------------------------------------------------------------------ validation
     def validate(self, request: EditRequest) -> None:
@@ -174,7 +187,7 @@ class DiffEditor:
 
     def edit_candidates(self, requests: Sequence[EditRequest]) -> list[list[EditResult]]:
         """Every candidate of every request, in candidate order (one each when K = 1); each
-        candidate's counters are its own work (the shared encode counted on candidate 0)."""
+        candidate's counters are its own work and its share of the work it shares."""
         requests = list(requests)
         for i, request in enumerate(requests):
             try:
@@ -267,15 +280,36 @@ class DiffEditor:
         model_size = model_resolution(image.width, image.height, b.native_size, b.pixel_multiple)
         if model_size != image.size:
             image = image.resize(model_size, Image.Resampling.LANCZOS)
+        pixels = pil_to_tensor(image)  # (3, H', W')
         return _Row(
             index=index,
             request=request,
             params=request.params or self.params,
-            pixels=pil_to_tensor(image),
+            pixels=pixels,
             size=request.image.size,
             model_size=model_size,
             seed=int(request.seed),
+            digest=hashlib.sha256(pixels.numpy().tobytes()).hexdigest(),
         )
+
+    def _source_key(self, row: _Row) -> tuple:
+        """What a row's clean latent and DDIM trajectory depend on: the model's input pixels, the size
+        conditions (SDXL's original size), the grid and the encoding's text. Seed-free: the candidates of
+        a request and the queries on one image share it. SDEdit's noise encode is per seed: no sharing."""
+        p = row.params
+        text = row.request.caption if p.encode_conditioning == "caption" else ""
+        if p.encode_method != "ddim":
+            return ("row", row.index, row.candidate)
+        return (row.digest, row.size, p.num_inference_steps, p.num_encode_steps, text)
+
+    def _remember(self, key: tuple, x0: torch.Tensor, trajectory: list[torch.Tensor]) -> None:
+        """Keep a source's x_0 and trajectory in the LRU (``trajectory_cache`` entries)."""
+        if self.trajectory_cache <= 0 or key[0] == "row":
+            return
+        self._trajectories[key] = (x0, trajectory)
+        self._trajectories.move_to_end(key)
+        while len(self._trajectories) > self.trajectory_cache:
+            self._trajectories.popitem(last=False)
 
     def text_embeddings(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Embeddings of the unique ``prompts``, computed once each and cached (LRU).  # {p: (L, D)}"""
@@ -294,8 +328,10 @@ class DiffEditor:
 
     @torch.inference_mode()
     def _edit_bucket(self, rows: list[_Row]) -> list[EditResult]:
-        """Edit a bucket of candidate rows (``_Row.candidate``); the candidates of one request share
-        its VAE encode and, with DDIM inversion, its trajectory (charged to its first candidate)."""
+        """Edit a bucket of candidate rows (``_Row.candidate``). Rows with the same image and encode
+        settings (the candidates of a request; several queries on one image) share one VAE encode and,
+        with DDIM inversion, one trajectory, computed once or found in the editor's LRU of trajectories;
+        each row is charged its share of the evaluations."""
         b = self.bundle
         B = len(rows)
         device = b.device
@@ -304,15 +340,31 @@ class DiffEditor:
         stages = ("mask", "encode", "decode", "score")
         evals = {stage: torch.zeros(B, dtype=torch.int64) for stage in stages}
         clock = _Clock(device)
-        # The requests of the bucket: U sources, each row's source and each source's first row.
-        sources = list(dict.fromkeys(r.index for r in rows))  # (U,) request indices
-        src = torch.tensor([sources.index(r.index) for r in rows])  # (B,) row -> source
-        first = torch.tensor([[r.index for r in rows].index(i) for i in sources])  # (U,) source -> row
+        # The requests of the bucket: R of them, each row's request and each request's first row.
+        requests = list(dict.fromkeys(r.index for r in rows))  # (R,) request indices
+        req = torch.tensor([requests.index(r.index) for r in rows])  # (B,) row -> request
+        first = torch.tensor([[r.index for r in rows].index(i) for i in requests])  # (R,) request -> row
+        R = len(requests)
+        # The sources of the bucket: U distinct (image, encode settings), each row's and each one's first.
+        keys = [self._source_key(r) for r in rows]
+        sources = list(dict.fromkeys(keys))  # (U,)
+        src = torch.tensor([sources.index(k) for k in keys])  # (B,) row -> source
+        src_first = [keys.index(k) for k in sources]  # (U,) source -> its first row
+        sharers = torch.bincount(src, minlength=len(sources))  # (U,) rows per source
         U = len(sources)
+        cached = {u: self._trajectories.get(k) for u, k in enumerate(sources) if k in self._trajectories}
+        for k in sources:
+            if k in self._trajectories:
+                self._trajectories.move_to_end(k)
 
-        # VAE encode of each source: the clean latents x_0.  # (U, C, h, w) -> (B, C, h, w)
-        pixels = torch.stack([rows[int(j)].pixels for j in first])  # (U, 3, H, W)
-        x0_src = torch.cat([b.vae_encode(chunk) for chunk in pixels.split(self.vae_batch)], dim=0)
+        # VAE encode of each source not in the cache: the clean latents x_0.  # (U, C, h, w) -> (B, C, h, w)
+        todo_src = [u for u in range(U) if u not in cached]
+        x0_parts: dict[int, torch.Tensor] = {u: c[0] for u, c in cached.items()}
+        if todo_src:
+            pixels = torch.stack([rows[src_first[u]].pixels for u in todo_src])  # (U', 3, H, W)
+            encoded = torch.cat([b.vae_encode(chunk) for chunk in pixels.split(self.vae_batch)], dim=0)
+            x0_parts.update(zip(todo_src, encoded, strict=True))
+        x0_src = torch.stack([x0_parts[u] for u in range(U)])  # (U, C, h, w)
         x0 = x0_src[src.to(device)]  # (B, C, h, w)
         seconds["vae"] += clock.lap()
         _, C, h, w = x0.shape
@@ -378,24 +430,33 @@ class DiffEditor:
 
         # Step 2: encode to tau_K, keeping every timestep's latent.  # K+1 x (B, C, h, w)
         if p0.encode_method == "ddim":
-            # DDIM inversion does not depend on the seed: once per source, shared by its candidates.
-            emb_encode = torch.stack(
-                [
-                    emb_caption[j] if rows[j].params.encode_conditioning == "caption" else emb_empty[j]
-                    for j in first.tolist()
-                ]
-            )  # (U, L', D)
-            evals_encode = torch.zeros(U, dtype=torch.int64)
-            trajectory_src = ddim_encode(
-                b.denoise,
-                x0_src,
-                enc_levels,
-                emb_encode,
-                max_batch=self.max_batch,
-                evals=evals_encode,
-            )  # K+1 x (U, C, h, w)
-            trajectory = [x[src.to(device)] for x in trajectory_src]  # K+1 x (B, C, h, w)
-            evals["encode"][first] = evals_encode
+            # DDIM inversion does not depend on the seed: once per source (or none: cached), shared by
+            # the source's rows, each charged its share.
+            parts: dict[int, list[torch.Tensor]] = {u: c[1] for u, c in cached.items()}
+            if todo_src:
+                j = [src_first[u] for u in todo_src]
+                emb_encode = torch.stack(
+                    [
+                        emb_caption[i] if rows[i].params.encode_conditioning == "caption" else emb_empty[i]
+                        for i in j
+                    ]
+                )  # (U', L', D)
+                evals_encode = torch.zeros(len(todo_src), dtype=torch.int64)
+                computed = ddim_encode(
+                    b.denoise,
+                    x0_src[torch.tensor(todo_src, device=device)],
+                    enc_levels,
+                    emb_encode,
+                    max_batch=self.max_batch,
+                    evals=evals_encode,
+                )  # K+1 x (U', C, h, w)
+                for n, u in enumerate(todo_src):
+                    parts[u] = [x[n] for x in computed]  # K+1 x (C, h, w)
+                    self._remember(sources[u], x0_src[u], parts[u])
+                    evals["encode"][src == u] = _shares(int(evals_encode[n]), int(sharers[u]))
+            trajectory = [
+                torch.stack([parts[int(u)][k] for u in src]) for k in range(len(enc_levels))
+            ]  # K+1 x (B, C, h, w)
         else:
             noise = torch.stack(
                 [torch.randn((C, h, w), generator=stage_generator(r.seed, "encode")) for r in rows]
@@ -421,8 +482,8 @@ class DiffEditor:
         images = torch.cat([b.vae_decode(chunk) for chunk in y0.split(self.vae_batch)], dim=0)
         seconds["vae"] += clock.lap()
 
-        # Text alignment (diffedit.scores): E_Q, E_R of each source's input once and of every candidate's
-        # edit, on the source's own draws.  # (B, 2, h, w) each
+        # Text alignment (diffedit.scores): E_Q, E_R of each request's input once and of every candidate's
+        # edit, on the request's own draws.  # (B, 2, h, w) each
         errors_input = errors_edit = None
         sc = self.scoring
         if sc is not None and sc.alignment:
@@ -436,11 +497,11 @@ class DiffEditor:
                     torch.randn((len(t_align), C, h, w), generator=stage_generator(rows[j].seed, "score"))
                     for j in first.tolist()
                 ]
-            )  # (U, J K, C, h, w)
+            )  # (R, J K, C, h, w)
             errors = alignment_errors(
                 b.denoise,
-                torch.cat([x0_src, y0]),  # (U + B, C, h, w)
-                torch.cat([score_noise, score_noise[src]]),  # (U + B, J K, C, h, w)
+                torch.cat([x0[first.to(device)], y0]),  # (R + B, C, h, w)
+                torch.cat([score_noise, score_noise[req]]),  # (R + B, J K, C, h, w)
                 t_align,
                 alpha_align,
                 sigma_align,
@@ -449,8 +510,8 @@ class DiffEditor:
                 max_batch=self.max_batch,
                 owners=torch.cat([first, torch.arange(B)]),
                 evals=evals["score"],
-            ).cpu()  # (U + B, 2, h, w)
-            errors_input, errors_edit = errors[:U][src], errors[U:]  # (B, 2, h, w) each
+            ).cpu()  # (R + B, 2, h, w)
+            errors_input, errors_edit = errors[:R][req], errors[R:]  # (B, 2, h, w) each
             seconds["score"] += clock.lap()
 
         edits, masks, row_scores = [], [], []
@@ -490,7 +551,9 @@ class DiffEditor:
 
         results = []
         for i, r in enumerate(rows):
-            shared = i in first.tolist()  # the row that carries its source's shared work
+            shared = (
+                i in src_first and src_first.index(i) in todo_src
+            )  # the row that ran its source's VAE encode
             counters: dict[str, float] = {
                 "unet_evals": int(sum(int(e[i]) for e in evals.values())),
                 **{f"unet_evals_{stage}": int(evals[stage][i]) for stage in stages},
@@ -553,6 +616,12 @@ def _given_mask_to_latent(mask: np.ndarray, latent_hw: tuple[int, int]) -> torch
     m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]  # (1, 1, H, W)
     small = torch.nn.functional.interpolate(m, size=latent_hw, mode="area")  # (1, 1, h, w)
     return small[0, 0] > 0
+
+
+def _shares(total: int, n: int) -> torch.Tensor:
+    """``total`` evaluations split over n rows as evenly as integers allow (the first rows take the
+    remainder), summing to ``total`` exactly.  # (n,) int64"""
+    return torch.full((n,), total // n, dtype=torch.int64) + (torch.arange(n) < total % n).to(torch.int64)
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -274,3 +274,40 @@ def test_vae_batch_cuts_vae_calls_apart_from_max_batch(bundle, random_image):
         assert np.abs(np.asarray(a.image, np.int16) - np.asarray(b.image, np.int16)).max() <= 1
     with pytest.raises(ValueError, match="vae_batch"):
         DiffEditor(bundle, vae_batch=0)
+
+
+def test_queries_on_one_image_share_its_encode_and_inversion(bundle, random_image):
+    """2 images x 4 queries: one VAE encode and one inversion per image, each row charged a quarter:
+    20 + 40/4 + 80 = 110 evaluations per row at the defaults (<= 115), against 140 alone; the edits are
+    those of each row edited alone."""
+    images = [random_image(10, 32, 32), random_image(11, 40, 32)]
+    queries = ["a red cat", "a green cat", "a black cat", "a yellow cat"]
+    requests = [
+        EditRequest(img, q, "a blue cat", seed=s, id=f"{i}-{s}")
+        for i, img in enumerate(images)
+        for s, q in enumerate(queries)
+    ]
+    editor = DiffEditor(bundle, max_batch=64)
+    results = editor.edit(requests)
+    assert [r.counters["unet_evals"] for r in results] == [110] * 8
+    assert sum(r.counters["unet_evals_encode"] for r in results) == 2 * 40
+    assert sum(r.counters["vae_encodes"] for r in results) == 2
+    for request, shared in zip(requests[::3], results[::3], strict=True):
+        alone = DiffEditor(bundle, max_batch=64).edit([request])[0]
+        assert alone.counters["unet_evals"] == 140
+        assert np.abs(np.asarray(alone.image, np.int16) - np.asarray(shared.image, np.int16)).max() <= 1
+
+
+def test_trajectory_cache_serves_later_calls_and_can_be_switched_off(bundle, random_image):
+    request = EditRequest(random_image(12, 32, 32), "a red cat", "a blue cat", seed=5)
+    again = EditRequest(request.image.copy(), "a green cat", "a blue cat", seed=6)  # equal pixels, new object
+    editor = DiffEditor(bundle, params=FAST, max_batch=64)
+    first = editor.edit([request])[0]
+    second = editor.edit([again])[0]
+    assert first.counters["unet_evals_encode"] == FAST.num_encode_steps and first.counters["vae_encodes"] == 1
+    assert second.counters["unet_evals_encode"] == 0 and second.counters["vae_encodes"] == 0
+    fresh = DiffEditor(bundle, params=FAST, max_batch=64, trajectory_cache=0)
+    recomputed = fresh.edit([again])[0]
+    assert recomputed.counters["unet_evals_encode"] == FAST.num_encode_steps
+    assert np.array_equal(np.asarray(recomputed.image), np.asarray(second.image))
+    assert fresh.edit([again])[0].counters["unet_evals_encode"] == FAST.num_encode_steps  # nothing kept

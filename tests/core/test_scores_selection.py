@@ -189,9 +189,12 @@ def test_scores_do_not_change_the_edit_and_candidate_0_is_the_plain_edit(bundle6
 
 def test_best_of_k_keeps_the_best_candidate_and_costs_less_than_k_edits(bundle, rows):
     scoring = Scoring()
-    editor = DiffEditor(bundle, FAST, max_batch=64, scoring=scoring, selection=Selection(candidates=3))
-    results = editor.edit(rows)
-    candidates = editor.edit_candidates(rows)
+
+    def editor():  # a fresh one per call: no trajectory kept from an earlier call (DiffEditor.trajectory_cache)
+        return DiffEditor(bundle, FAST, max_batch=64, scoring=scoring, selection=Selection(candidates=3))
+
+    results = editor().edit(rows)
+    candidates = editor().edit_candidates(rows)
     for result, cands in zip(results, candidates, strict=True):
         values = [c.scores["alignment"] for c in cands]
         assert result.candidate == int(np.argmax(values))  # ties: the lowest index
