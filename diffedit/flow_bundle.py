@@ -155,11 +155,17 @@ class FlowBundle(LatentCodec):
             raise ValueError(f"{self.source}: {self.family} components do not fit: " + "; ".join(problems))
 
     def optimize(
-        self, *, channels_last: bool = False, compile_unet: bool = False, vae_tiling: bool = False
+        self,
+        *,
+        channels_last: bool = False,
+        compile_unet: bool = False,
+        vae_tiling: bool = False,
+        max_batch: int | None = None,
     ) -> FlowBundle:
         """Speed options (``ModelBundle.optimize``): channels_last for the VAE (the transformer has no
         convolutions to speak of), VAE tiling, and ``torch.compile`` of the transformer's repeated blocks
-        (diffusers' regional compilation) when asked."""
+        (diffusers' regional compilation: one block compiled once for all its repeats, so a cold actor
+        compiles in seconds) when asked; ``max_batch`` is accepted for ``ModelBundle``'s surface."""
         if channels_last:
             self.vae.to(memory_format=torch.channels_last)
         if vae_tiling:

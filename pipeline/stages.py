@@ -181,15 +181,16 @@ class EditStage:
             cache_dir=job.model.cache_dir,
             storage_options=options,
         )
+        b = self.bundle
+        self.batching = batching(compute, Geometry(b.family, b.native_size, b.pixel_multiple))
         self.bundle.optimize(
             channels_last=compute.channels_last,
             compile_unet=compute.compile_unet,
             vae_tiling=compute.vae_tiling,
+            max_batch=self.batching.max_batch,
         )
         if compute.vae_slicing:
             self.bundle.vae.enable_slicing()
-        b = self.bundle
-        self.batching = batching(compute, Geometry(b.family, b.native_size, b.pixel_multiple))
         sel = job.selection
         self.editor = DiffEditor(
             self.bundle,

@@ -92,3 +92,32 @@ def test_channels_last_predicts_like_contiguous():
     torch.testing.assert_close(nhwc.eps(x, t, emb), eager.eps(x, t, emb), rtol=1e-4, atol=1e-5)
     z = eager.vae_encode(torch.rand(2, 3, 32, 32) * 2 - 1)
     torch.testing.assert_close(nhwc.vae_decode(z), eager.vae_decode(z), rtol=1e-4, atol=1e-4)
+
+
+def test_static_mode_pads_to_a_few_sizes_and_bounds_the_graphs_loudly(caplog):
+    """The GPU path's static shapes (here with the eager backend, which compiles the same graphs): batches
+    padded to 1, 2, 4, 8 compile once per padded size, give the eager results, and a shape beyond
+    ``max_graphs`` runs eager with a warning instead of recompiling (or falling back silently)."""
+    from diffedit.compiled import CompiledUNet, padded_sizes
+    from diffedit.tiny import tiny_bundle
+
+    assert padded_sizes(8) == (1, 2, 4, 8) and padded_sizes(12) == (1, 2, 4, 8, 12)
+    unet = tiny_bundle(seed=0).unet
+    compiled = CompiledUNet(unet, backend="eager", static_batches=padded_sizes(8), max_graphs=3)
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(8, 16, 32, generator=g)
+    with torch.inference_mode():
+        for n in (3, 4, 2, 5, 7, 8):  # padded to 4, 4, 2, 8, 8, 8: three graphs
+            x, t = torch.randn(n, 4, 16, 16, generator=g), torch.full((n,), 500)
+            ours = compiled(x, t, encoder_hidden_states=emb[:n]).sample
+            assert ours.shape[0] == n
+            torch.testing.assert_close(
+                ours, unet(x, t, encoder_hidden_states=emb[:n]).sample, rtol=1e-4, atol=1e-5
+            )
+        assert compiled.compiles == 3
+        with caplog.at_level("WARNING", logger="diffedit.compiled"):
+            x = torch.randn(1, 4, 16, 16, generator=g)  # a fourth size: beyond the bound
+            out = compiled(x, torch.full((1,), 500), encoder_hidden_states=emb[:1]).sample
+        torch.testing.assert_close(out, unet(x, torch.full((1,), 500), encoder_hidden_states=emb[:1]).sample)
+    assert compiled.compiles == 3
+    assert any("the bound (max_graphs); this shape runs eager" in r.getMessage() for r in caplog.records)
