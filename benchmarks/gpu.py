@@ -89,22 +89,76 @@ def _fullsize(name: str) -> Callable[[torch.dtype, str], Any]:
     return build
 
 
-def _tiny(sdxl: bool) -> Callable[[torch.dtype, str], Any]:
-    def build(dtype: torch.dtype, device: str) -> Any:
-        from diffedit.tiny import tiny_bundle, tiny_sdxl_bundle
+def _fullsize_flow(name: str) -> Callable[[torch.dtype, str], Any]:
+    """SD3.5-medium or FLUX.1-dev from their published configs (``benchmarks.fullsize``) with random
+    weights, built on ``device`` (initialised there: a 12 B model in seconds), as a ``FlowBundle``."""
 
-        return (tiny_sdxl_bundle if sdxl else tiny_bundle)(0, dtype=dtype)
+    def build(dtype: torch.dtype, device: str) -> Any:
+        from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
+        from transformers import (
+            CLIPTextConfig,
+            CLIPTextModel,
+            CLIPTextModelWithProjection,
+            T5Config,
+            T5EncoderModel,
+        )
+
+        from benchmarks import fullsize as F
+        from benchmarks.perf.fullsize import build_tokenizer
+        from diffedit.flow_bundle import FlowBundle
+        from diffedit.tiny import TINY_WORDS
+        from diffedit.tiny_flow import FLUX_SCHEDULER_CONFIG, SD3_SCHEDULER_CONFIG, build_t5_tokenizer
+
+        with torch.device(device):
+            t5 = T5EncoderModel(T5Config(**F.T5_XXL)).to(dtype)
+            vae = AutoencoderKL(**{**F.VAE16, "shift_factor": 0.0609, "scaling_factor": 1.5305}).to(dtype)
+            if name == "sd35-medium":
+                parts = {
+                    "transformer": SD3Transformer2DModel(**F.SD35_MEDIUM).to(dtype),
+                    "text_encoder": CLIPTextModelWithProjection(CLIPTextConfig(**F.CLIP_L)).to(dtype),
+                    "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**F.CLIP_G)).to(dtype),
+                    "tokenizer_2": build_tokenizer(),
+                    "text_encoder_3": t5,
+                    "tokenizer_3": build_t5_tokenizer(TINY_WORDS),
+                    "scheduler_config": dict(SD3_SCHEDULER_CONFIG),
+                }
+            else:
+                parts = {
+                    "transformer": FluxTransformer2DModel(**F.FLUX_DEV).to(dtype),
+                    "text_encoder": CLIPTextModel(CLIPTextConfig(**F.CLIP_L)).to(dtype),
+                    "text_encoder_2": t5,
+                    "tokenizer_2": build_t5_tokenizer(TINY_WORDS),
+                    "scheduler_config": dict(FLUX_SCHEDULER_CONFIG),
+                }
+        return FlowBundle(**parts, vae=vae, tokenizer=build_tokenizer(), source=f"random:{name}")
 
     return build
 
 
-#: family -> builder(dtype, device) of a ModelBundle with random weights. Issue 18 (flow-matching
-#: models) adds "sd3" and "flux" here, from its diffedit.tiny builders scaled to the published configs.
+def _tiny(family: str) -> Callable[[torch.dtype, str], Any]:
+    def build(dtype: torch.dtype, device: str) -> Any:
+        from diffedit.tiny import tiny_bundle, tiny_sdxl_bundle
+        from diffedit.tiny_flow import tiny_flux_bundle, tiny_sd3_bundle
+
+        make = {
+            "sd15": tiny_bundle,
+            "sdxl": tiny_sdxl_bundle,
+            "sd35-medium": tiny_sd3_bundle,
+            "flux-dev": tiny_flux_bundle,
+        }
+        return make[family](0, dtype=dtype)
+
+    return build
+
+
+#: family -> builder(dtype, device) of a bundle with random weights at the published architecture.
 FAMILIES: dict[str, Callable[[torch.dtype, str], Any]] = {
     "sd15": _fullsize("sd15"),
     "sdxl": _fullsize("sdxl"),
+    "sd35-medium": _fullsize_flow("sd35-medium"),
+    "flux-dev": _fullsize_flow("flux-dev"),
 }
-DRY_FAMILIES: dict[str, Callable[[torch.dtype, str], Any]] = {"sd15": _tiny(False), "sdxl": _tiny(True)}
+DRY_FAMILIES: dict[str, Callable[[torch.dtype, str], Any]] = {name: _tiny(name) for name in FAMILIES}
 #: The edit measured: fewer steps than the defaults, so that a batch fits the budget.
 BENCH_PARAMS = {"num_inference_steps": 10, "num_mask_draws": 2}
 
@@ -114,36 +168,42 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def unet_inputs(bundle: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Latents at the native size, timestep 500, the caption's conditioning.  # (B, C, h, w), (B,), (B, L', D)"""
+def unet_inputs(bundle: Any, batch: int) -> tuple[torch.Tensor, ...]:
+    """Latents at the native size, the middle level of a 50-step grid, the caption's conditioning:
+    the denoiser contract's arguments.  # (B, C, h, w), (B,), (B, L', D), (B,), (B,)"""
     size = bundle.native_size
     h = w = size // bundle.vae_scale_factor
     emb = bundle.encode_prompts(["a photo of a red circle"])  # (1, L', D)
     emb = bundle.condition_rows(emb.expand(batch, -1, -1), [(size, size)] * batch, [(size, size)] * batch)
     latents = torch.randn(batch, bundle.latent_channels, h, w, device=bundle.device, dtype=bundle.work_dtype)
-    t = torch.full((batch,), 500, dtype=torch.int64, device=bundle.device)
-    return latents, t, emb
+    t, alpha, sigma = bundle.levels(50, (h, w)).at(torch.full((batch,), 25))  # (B,) each
+    return latents, t.to(bundle.device), emb, alpha.to(bundle.device), sigma.to(bundle.device)
+
+
+def evaluate(bundle: Any, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """One evaluation of the network through the denoiser contract (UNet or flow transformer)."""
+    return bundle.denoise(*inputs)
 
 
 def unet_flops(bundle: Any) -> int:
-    """FLOPs of one UNet evaluation (one sample) at the native size (``FlopCounterMode``)."""
+    """FLOPs of one network evaluation (one sample) at the native size (``FlopCounterMode``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    latents, t, emb = unet_inputs(bundle, 1)
+    inputs = unet_inputs(bundle, 1)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        bundle.eps(latents, t, emb)
+        evaluate(bundle, inputs)
     return int(counter.get_total_flops())
 
 
 @torch.inference_mode()
 def time_unet(bundle: Any, batch: int, device: str, min_seconds: float) -> float:
     """UNet samples per second at ``batch`` (after one warm-up call)."""
-    latents, t, emb = unet_inputs(bundle, batch)
-    bundle.eps(latents, t, emb)
+    inputs = unet_inputs(bundle, batch)
+    evaluate(bundle, inputs)
     _sync(device)
     calls, start = 0, time.perf_counter()
     while True:
-        bundle.eps(latents, t, emb)
+        evaluate(bundle, inputs)
         calls += 1
         _sync(device)
         elapsed = time.perf_counter() - start
@@ -167,7 +227,14 @@ def time_edits(bundle: Any, batch: int, device: str) -> tuple[float, float]:
     if device == "cuda":
         geometry = Geometry(bundle.family, bundle.native_size, bundle.pixel_multiple)
         vae_batch = plan_shape(geometry, "cuda")[0].vae_batch
-    editor = DiffEditor(bundle, EditParams.from_dict(BENCH_PARAMS), max_batch=2 * batch, vae_batch=vae_batch)
+    # No trajectory cache: the timed edit repeats the warm-up's images, which would skip their inversion.
+    editor = DiffEditor(
+        bundle,
+        EditParams.from_dict(BENCH_PARAMS),
+        max_batch=2 * batch,
+        vae_batch=vae_batch,
+        trajectory_cache=0,
+    )
     rng = np.random.default_rng(0)
     requests = [
         EditRequest(
@@ -200,15 +267,17 @@ def measure(
     dtype = getattr(torch, cell.dtype)
     bundle = builder(dtype, device)
     if device == "cuda":
-        bundle.unet.to(device), bundle.vae.to(device), bundle.text_encoder.to(device)
-        if bundle.text_encoder_2 is not None:
-            bundle.text_encoder_2.to(device)
+        for name in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+            if getattr(bundle, name, None) is not None:
+                getattr(bundle, name).to(device)
         torch.cuda.reset_peak_memory_stats()
     key = (cell.family, cell.dtype)
     if key not in flops:
         flops[key] = unet_flops(bundle)
     if cell.mode == "compiled":
-        bundle.optimize(compile_unet=True, channels_last=True)
+        bundle.optimize(
+            compile_unet=True, channels_last=True, max_batch=2 * cell.batch
+        )  # the editor's max_batch
     try:
         cell.unet_evals_per_s = time_unet(bundle, cell.batch, device, min_seconds)
         cell.edits_per_s, cell.evals_per_edit = time_edits(bundle, cell.batch, device)

@@ -159,7 +159,9 @@ def step_edit(path: Path, dtype: str, size: int, steps: int, draws: int) -> dict
     load_seconds = time.perf_counter() - t0
     rss_loaded = _peak_rss_bytes()
     task = _task(size)
-    editor = DiffEditor(bundle, _params(steps, draws), max_batch=16)
+    editor = DiffEditor(
+        bundle, _params(steps, draws), max_batch=16, trajectory_cache=0
+    )  # timed repeats: no cache
     request = EditRequest(
         task.image.convert("RGB"), task.query, task.caption, seed=int(task.seed), id=task.id
     )

@@ -26,13 +26,15 @@ class OursRunner:
         self, bundle: ModelBundle, params: EditParams, max_batch: int, timer: ModelTimer, name: str = "ours"
     ) -> None:
         self.bundle, self.params, self.max_batch = bundle, params, max_batch
-        self.editor = DiffEditor(bundle, params, max_batch=max_batch)
+        self.editor = DiffEditor(
+            bundle, params, max_batch=max_batch, trajectory_cache=0
+        )  # timed repeats: no cache
         self.timer = timer
         self.stats = MethodStats(name)
 
     def new_pass(self) -> None:
         """A fresh editor (cold prompt cache) for the next pass over the rows."""
-        self.editor = DiffEditor(self.bundle, self.params, max_batch=self.max_batch)
+        self.editor = DiffEditor(self.bundle, self.params, max_batch=self.max_batch, trajectory_cache=0)
 
     def run_batch(self, rows: Sequence[BenchRow]) -> None:
         """Decode, edit and encode one batch; time each part."""

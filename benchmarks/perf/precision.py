@@ -186,7 +186,9 @@ def run_quality(
     out: dict[str, Any] = {}
     for name, bundle in bundles.items():
         t0 = time.perf_counter()
-        run, _ = run_ours(DiffEditor(bundle, max_batch=max_batch), task_list, ratio, steps, "diffedit")
+        run, _ = run_ours(
+            DiffEditor(bundle, max_batch=max_batch, trajectory_cache=0), task_list, ratio, steps, "diffedit"
+        )
         records[name] = score_run(run, task_list)
         success = [r["success"] for r in records[name]]
         psnr = [r["bg_psnr"] for r in records[name]]

@@ -26,7 +26,7 @@ def profile_ours(
 ) -> dict[str, Any]:
     """Ours once more under cProfile (untimed; the profiler's overhead inflates small calls). Saves
     the stats to ``path`` and returns the top functions by own time."""
-    editor = DiffEditor(bundle, params, max_batch=max_batch)
+    editor = DiffEditor(bundle, params, max_batch=max_batch, trajectory_cache=0)  # timed repeats: no cache
     requests = [EditRequest(decode_png(r.png), r.query, r.caption, seed=r.seed, id=r.id) for r in rows]
     profiler = cProfile.Profile()
     profiler.enable()

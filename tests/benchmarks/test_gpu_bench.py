@@ -22,13 +22,14 @@ def test_dry_mode_writes_a_consistent_table(tmp_path):
     table = (tmp_path / "gpu.md").read_text().splitlines()
     assert table[2] == "| " + " | ".join(COLUMNS) + " |"
     cells = result["cells"]
-    assert [(c["family"], c["batch"]) for c in cells] == [("sd15", 1), ("sd15", 2), ("sdxl", 1), ("sdxl", 2)]
+    families = ["sd15", "sdxl", "sd35-medium", "flux-dev"]  # flow models through the same denoiser contract
+    assert [(c["family"], c["batch"]) for c in cells] == [(f, b) for f in families for b in (1, 2)]
     assert len(table) == 4 + len(cells)
     for c in cells:
         assert c["status"] == "ok" and (c["dtype"], c["mode"]) == ("float32", "eager")
         for key in ("unet_evals_per_s", "edits_per_s", "evals_per_edit", "tflops", "utilisation"):
             assert c[key] > 0, (key, c)
-        # 10 DDIM steps at encode_ratio 0.8, 2 mask draws: mask 4 + encode 8 + decode 16
+        # 10 steps at encode_ratio 0.8, 2 mask draws: mask 4 + encode 8 + decode 16 (guidance 7.5: CFG)
         assert c["evals_per_edit"] == 28
         assert math.isclose(c["edits_per_s_at_140"], c["unet_evals_per_s"] / DEFAULT_EVALS)
         flops = result["flops_per_eval"][f"{c['family']}/{c['dtype']}"]
