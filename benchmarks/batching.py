@@ -132,21 +132,21 @@ def decode_calls_measured(editor: Any, batches: Sequence[Sequence[Any]]) -> list
     import diffedit.decode as decode
 
     sizes: list[int] = []
-    original = decode.call_eps
+    original = decode.call_denoiser
 
-    def counting(eps_fn, latents, *args, **kwargs):  # type: ignore[no-untyped-def]
-        def eps(x, t, emb):  # type: ignore[no-untyped-def]
+    def counting(fn, latents, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def denoise(x, *rest):  # type: ignore[no-untyped-def]
             sizes.append(int(x.shape[0]))
-            return eps_fn(x, t, emb)
+            return fn(x, *rest)
 
-        return original(eps, latents, *args, **kwargs)
+        return original(denoise, latents, *args, **kwargs)
 
-    decode.call_eps = counting
+    decode.call_denoiser = counting
     try:
         for batch in batches:
             editor.edit(list(batch))
     finally:
-        decode.call_eps = original
+        decode.call_denoiser = original
     return sizes
 
 

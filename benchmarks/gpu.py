@@ -2,12 +2,14 @@
 
 ``python -m benchmarks.gpu [--out out/gpu]`` measures, per model family at its native resolution with
 random weights from the published configs (``benchmarks.perf.fullsize``: SD 1.5 at 512², SDXL at
-1024²; ``FAMILIES`` is the hook where issue 18 adds SD3.5-medium and FLUX.1 through ``diffedit.tiny``
-builders), per dtype (bfloat16, float16), per mode (eager; compiled: ``ModelBundle.optimize(
-compile_unet=True, channels_last=True)``) and per batch size:
+1024²; ``benchmarks.fullsize``: SD3.5-medium and FLUX.1-dev at 1024²), per dtype (bfloat16, float16),
+per mode (eager; compiled: ``optimize(compile_unet=True, channels_last=True, max_batch=...)``, on CUDA
+static shapes and CUDA graphs for the UNet, regional compilation for the flow transformers) and per
+batch size:
 
-* ``unet_evals_per_s``: samples through ``ModelBundle.eps`` per second, at one timestep and the
-  caption's conditioning, after one warm-up call per shape (the compile, for the compiled mode);
+* ``unet_evals_per_s``: samples through the denoiser contract (``bundle.denoise``) per second, at one
+  noise level and the caption's conditioning, after one warm-up call per shape (the compile, for the
+  compiled mode);
 * ``edits_per_s``: rows per second through ``DiffEditor.edit`` at the batch size (``BENCH_PARAMS``:
   10 DDIM steps, 2 mask draws: ``evals_per_edit`` UNet evaluations counted by the editor), and
   ``edits_per_s_at_140``: the same UNet throughput spent on the defaults' 140 evaluations per edit;

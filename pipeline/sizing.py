@@ -93,8 +93,8 @@ class Batching:
 
 
 def plan_shape(geometry: Geometry | None, device: str) -> tuple[Shape, str]:
-    """The plan's entry for a model on ``device``, and its name. An unknown resolution or family (or a
-    placeholder) takes the nearest entry of its family (else SD at 512²) scaled by pixel area."""
+    """The plan's entry for a model on ``device``, and its name. An unknown resolution or family takes
+    the nearest entry of its family (else SD at 512²) scaled by pixel area."""
     if device != "cuda":
         return CPU_SHAPE, f"plan {device}"
     if geometry is None:

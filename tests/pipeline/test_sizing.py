@@ -60,9 +60,11 @@ def test_the_plan_fills_what_the_job_leaves_unset():
     assert (xl.batch_size, xl.max_batch, xl.vae_batch, xl.group_window) == (8, 16, 4, 8 * GROUP_BATCHES)
     v2 = batching(_cuda(), SD21)
     assert (v2.batch_size, v2.max_batch, v2.vae_batch) == (16, 32, 8)
-    # decode evaluates 2 samples per row: a bucket of batch_size rows fills one UNet call
-    for shape in (s for s in PLAN.values() if s is not None):
-        assert shape.max_batch == 2 * shape.batch_size and shape.vae_batch <= shape.max_batch
+    # decode evaluates 2 samples per row (CFG): a bucket of batch_size rows fills one UNet call; FLUX.1-dev
+    # (distilled guidance, no CFG) evaluates 1
+    for (family, _), shape in PLAN.items():
+        per_row = 1 if family == "flux" else 2
+        assert shape.max_batch == per_row * shape.batch_size and shape.vae_batch <= shape.max_batch
 
 
 def test_explicit_values_win_and_are_named():
@@ -81,10 +83,13 @@ def test_cpu_keeps_the_old_defaults_and_no_window():
     assert batching(ComputeConfig(max_batch=6), None).vae_batch == 6  # the editor's default: max_batch
 
 
-def test_placeholders_and_unknown_resolutions_scale_by_area():
-    assert PLAN[("sd3", 1024)] is None and PLAN[("flux", 1024)] is None  # issue 18 fills them
-    flux = batching(_cuda(), Geometry("flux", 1024, 16))  # no flux entry yet: SD at 512, area / 4
-    assert (flux.batch_size, flux.max_batch, flux.vae_batch) == (8, 16, 4)
+def test_flow_entries_and_unknown_resolutions_scale_by_area():
+    flux = batching(_cuda(), Geometry("flux", 1024, 16))  # its own entry
+    assert (flux.batch_size, flux.max_batch, flux.vae_batch) == (8, 8, 4)
+    flux512 = batching(_cuda(), Geometry("flux", 512, 16))  # a smaller FLUX: its entry scaled by area x 4
+    assert (flux512.batch_size, flux512.max_batch, flux512.vae_batch) == (32, 32, 16)
+    sd3 = batching(_cuda(), Geometry("sd3", 1024, 16))
+    assert (sd3.batch_size, sd3.max_batch, sd3.vae_batch) == (8, 16, 4)
     small = batching(_cuda(), Geometry("sd", 64, 8))  # the bundled 64 px model: capped
     assert (small.batch_size, small.max_batch) == (64, 128)
 
@@ -120,3 +125,17 @@ def test_values_reach_the_editor_and_the_bundle(tmp_path):
     b = planned.bundle
     geometry = inspect_model(_job(tmp_path, str(model))).geometry
     assert geometry == Geometry(b.family, b.native_size, b.pixel_multiple)
+
+
+def test_geometry_of_the_flow_families_read_from_the_transformer_config():
+    configs = {
+        "transformer/config.json": {"sample_size": 128, "patch_size": 2},
+        "vae/config.json": {"block_out_channels": [128, 256, 512, 512]},
+        "model_index.json": {},
+    }
+    assert geometry_from_configs("sd3", configs.__getitem__) == Geometry("sd3", 1024, 16)
+    assert geometry_from_configs("flux", configs.__getitem__) == Geometry(
+        "flux", 1024, 16
+    )  # FluxPipeline's 128
+    tiny = {**configs, "model_index.json": {"default_sample_size": 16}}
+    assert geometry_from_configs("flux", tiny.__getitem__) == Geometry("flux", 128, 16)
