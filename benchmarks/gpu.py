@@ -91,9 +91,12 @@ def _fullsize(name: str) -> Callable[[torch.dtype, str], Any]:
     return build
 
 
-def _fullsize_flow(name: str) -> Callable[[torch.dtype, str], Any]:
+def _fullsize_flow(
+    name: str, *, t5: bool = True, sample_size: int | None = None
+) -> Callable[[torch.dtype, str], Any]:
     """SD3.5-medium or FLUX.1-dev from their published configs (``benchmarks.fullsize``) with random
-    weights, built on ``device`` (initialised there: a 12 B model in seconds), as a ``FlowBundle``."""
+    weights, built on ``device`` (initialised there: a 12 B model in seconds), as a ``FlowBundle``;
+    SD3.5 without its optional T5 when ``t5`` is False; ``sample_size``: a reduced native latent side."""
 
     def build(dtype: torch.dtype, device: str) -> Any:
         from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
@@ -112,7 +115,7 @@ def _fullsize_flow(name: str) -> Callable[[torch.dtype, str], Any]:
         from diffedit.tiny_flow import FLUX_SCHEDULER_CONFIG, SD3_SCHEDULER_CONFIG, build_t5_tokenizer
 
         with torch.device(device):
-            t5 = T5EncoderModel(T5Config(**F.T5_XXL)).to(dtype)
+            t5_model = T5EncoderModel(T5Config(**F.T5_XXL)).to(dtype) if t5 or name != "sd35-medium" else None
             vae = AutoencoderKL(**{**F.VAE16, "shift_factor": 0.0609, "scaling_factor": 1.5305}).to(dtype)
             if name == "sd35-medium":
                 parts = {
@@ -120,19 +123,21 @@ def _fullsize_flow(name: str) -> Callable[[torch.dtype, str], Any]:
                     "text_encoder": CLIPTextModelWithProjection(CLIPTextConfig(**F.CLIP_L)).to(dtype),
                     "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**F.CLIP_G)).to(dtype),
                     "tokenizer_2": build_tokenizer(),
-                    "text_encoder_3": t5,
-                    "tokenizer_3": build_t5_tokenizer(TINY_WORDS),
+                    "text_encoder_3": t5_model,
+                    "tokenizer_3": build_t5_tokenizer(TINY_WORDS) if t5_model is not None else None,
                     "scheduler_config": dict(SD3_SCHEDULER_CONFIG),
                 }
             else:
                 parts = {
                     "transformer": FluxTransformer2DModel(**F.FLUX_DEV).to(dtype),
                     "text_encoder": CLIPTextModel(CLIPTextConfig(**F.CLIP_L)).to(dtype),
-                    "text_encoder_2": t5,
+                    "text_encoder_2": t5_model,
                     "tokenizer_2": build_t5_tokenizer(TINY_WORDS),
                     "scheduler_config": dict(FLUX_SCHEDULER_CONFIG),
                 }
-        return FlowBundle(**parts, vae=vae, tokenizer=build_tokenizer(), source=f"random:{name}")
+        return FlowBundle(
+            **parts, vae=vae, tokenizer=build_tokenizer(), source=f"random:{name}", sample_size=sample_size
+        )
 
     return build
 

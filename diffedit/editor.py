@@ -515,6 +515,9 @@ class DiffEditor:
             seconds["score"] += clock.lap()
 
         edits, masks, row_scores = [], [], []
+        # One device-to-host copy each for the whole bucket (not one synchronising copy per row).
+        images = images.cpu()  # (B, 3, H, W)
+        x0_host, y0_host = x0.cpu(), y0.cpu()  # (B, C, h, w) each
         for i, r in enumerate(rows):
             edited = tensor_to_pil(images[i])
             if edited.size != r.size:
@@ -583,8 +586,8 @@ class DiffEditor:
                     height=r.size[1],
                     model_width=r.model_size[0],
                     model_height=r.model_size[1],
-                    input_latent=x0[i].cpu(),
-                    latent=y0[i].cpu(),
+                    input_latent=x0_host[i],
+                    latent=y0_host[i],
                     counters=counters,
                     scores=row_scores[i],
                     candidate=r.candidate,

@@ -102,3 +102,32 @@ def test_arch_dtype_choice():
     assert pick_dtype("sdxl", "auto") == "bfloat16" and pick_dtype("sd15", "float32") == "float32"
     with pytest.raises(ValueError, match="float16"):
         pick_dtype("sd15", "float16")
+
+
+@pytest.mark.slow
+def test_sd35_medium_edits_end_to_end_on_cpu_at_128px():
+    """SD3.5-medium at its published architecture (2.47 B transformer, CLIP-L and CLIP-G; random weights,
+    bfloat16, without the optional T5, which would add 9.5 GB) edits one image through DiffEditor at a
+    reduced native size of 128 px: 4 flow steps, 2 mask draws, r 0.5, no CFG = 4 + 2 + 2 evaluations."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from benchmarks.gpu import _fullsize_flow
+
+    bundle = _fullsize_flow("sd35-medium", t5=False, sample_size=16)(torch.bfloat16, "cpu")
+    assert bundle.family == "sd3" and bundle.native_size == 128 and bundle.text_encoder_3 is None
+    assert (
+        sum(p.numel() for p in bundle.transformer.parameters()) == 2_243_171_520
+    )  # + the 226 M pos-embed buffer
+    params = EditParams(num_inference_steps=4, num_mask_draws=2, encode_ratio=0.5, guidance_scale=1.0)
+    image = Image.fromarray((np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8))
+    from diffedit.editor import EditRequest
+
+    result = DiffEditor(bundle, params, max_batch=4).edit(
+        [EditRequest(image, "a red circle", "a blue circle")]
+    )[0]
+    c = result.counters
+    assert (c["unet_evals_mask"], c["unet_evals_encode"], c["unet_evals_decode"]) == (4, 2, 2)
+    assert result.image.size == (128, 96) and (result.model_width, result.model_height) == (128, 96)
+    assert torch.isfinite(result.latent).all()
