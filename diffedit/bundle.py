@@ -144,20 +144,10 @@ class ModelBundle(LatentCodec):
         return self
 
     # ----------------------------------------------------------------- geometry
-    # device and dtype come from the UNet's first parameter: diffusers' ModelMixin.device/.dtype walk
-    # every submodule (~1 ms each), and eps() reads them on every call.
     @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
-    @property
-    def work_dtype(self) -> torch.dtype:
-        """The dtype of the stages' arithmetic: float32, or float64 for a float64 model (tests)."""
-        return torch.float64 if self.dtype == torch.float64 else torch.float32
+    def network(self) -> Any:
+        """The denoising network (``LatentCodec`` reads device and dtype from it)."""
+        return self.unet
 
     @property
     def latent_multiple(self) -> int:

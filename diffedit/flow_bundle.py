@@ -176,17 +176,9 @@ class FlowBundle(LatentCodec):
 
     # ----------------------------------------------------------------- geometry
     @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
-
-    @property
-    def work_dtype(self) -> torch.dtype:
-        """float32, or float64 for a float64 model (tests)."""
-        return torch.float64 if self.dtype == torch.float64 else torch.float32
+    def network(self) -> Any:
+        """The denoising network (``LatentCodec`` reads device and dtype from it)."""
+        return self.transformer
 
     @property
     def latent_multiple(self) -> int:

@@ -1,11 +1,12 @@
-"""Pixels <-> the scaled latents every DiffEdit stage works on, shared by all model bundles.
+"""What every model bundle shares: the network's device and dtypes, and pixels <-> the scaled latents
+every DiffEdit stage works on.
 
     z = (posterior mode - shift_factor) * scaling_factor           (encode)
     x = vae.decode(z / scaling_factor + shift_factor)              (decode)
 
 SD 1.x/2.x and SDXL have no shift (0); SD3 and FLUX.1 do (their VAE config's ``shift_factor``), as
 diffusers' pipelines apply it. DiffEdit's input is deterministic: the mode of the VAE posterior, not a
-sample. A bundle that mixes this in provides ``vae``, ``device`` and ``work_dtype``.
+sample. A bundle that mixes this in provides ``vae`` and ``network`` (its UNet or transformer).
 """
 
 from __future__ import annotations
@@ -17,8 +18,22 @@ import torch
 
 class LatentCodec:
     vae: Any  # diffusers.AutoencoderKL
-    device: torch.device
-    work_dtype: torch.dtype
+    network: Any  # the denoising network (a property of the bundle)
+
+    # device and dtype come from the network's first parameter: diffusers' ModelMixin.device/.dtype walk
+    # every submodule (~1 ms each), and the denoiser reads them on every call.
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.network.parameters()).dtype
+
+    @property
+    def work_dtype(self) -> torch.dtype:
+        """The dtype of the stages' arithmetic: float32, or float64 for a float64 model (tests)."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
 
     @property
     def vae_dtype(self) -> torch.dtype:
