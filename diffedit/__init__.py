@@ -13,10 +13,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from diffedit.bundle import ModelBundle
     from diffedit.editor import DiffEditor, EditRequest, EditResult
+    from diffedit.flow_bundle import FlowBundle
     from diffedit.loading import load_bundle
     from diffedit.params import EditParams
 
-__all__ = ["DiffEditor", "EditParams", "EditRequest", "EditResult", "ModelBundle", "load_bundle"]
+__all__ = [
+    "DiffEditor",
+    "EditParams",
+    "EditRequest",
+    "EditResult",
+    "FlowBundle",
+    "ModelBundle",
+    "load_bundle",
+]
 __version__ = "0.1.0"
 
 #: Where each public name lives. They are imported on first use (PEP 562), so that importing a
@@ -27,6 +36,7 @@ _LAZY = {
     "EditRequest": "diffedit.editor",
     "EditResult": "diffedit.editor",
     "ModelBundle": "diffedit.bundle",
+    "FlowBundle": "diffedit.flow_bundle",
     "load_bundle": "diffedit.loading",
     "EditParams": "diffedit.params",
 }
