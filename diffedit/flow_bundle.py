@@ -37,6 +37,7 @@ from diffedit import conditioning
 from diffedit.loading.layout import FLUX_SAMPLE_SIZE
 from diffedit.modelcall import Prediction, from_velocity
 from diffedit.schedule import Levels, flow_levels
+from diffedit.tokens import is_truncated
 from diffedit.vae import LatentCodec
 
 log = logging.getLogger(__name__)
@@ -263,13 +264,9 @@ class FlowBundle(LatentCodec):
         tokens = tokenizer(
             prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
         )
-        full = tokenizer(prompts, padding="longest", return_tensors="pt").input_ids  # (P, L_full)
-        if full.shape[-1] > length:
-            # CLIP pads with its end token: count it back once.
-            eos = int(tokenizer.pad_token_id == tokenizer.eos_token_id)
-            for prompt, row in zip(prompts, full, strict=True):
-                if int((row != tokenizer.pad_token_id).sum()) + eos > length:
-                    log.warning("%s truncates this prompt at %d tokens: %r", what, length, prompt)
+        for prompt in prompts:
+            if is_truncated(tokenizer, prompt, length):
+                log.warning("%s truncates this prompt at %d tokens: %r", what, length, prompt)
         return tokens.input_ids.to(next(encoder.parameters()).device)  # (P, L)
 
     def condition_rows(

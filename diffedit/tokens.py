@@ -4,7 +4,8 @@ The text encoder sees at most ``tokenizer.model_max_length`` tokens (77 for Stab
 for the shapes models); the rest of a prompt is cut off. When the query and the caption tokenize to the same
 ids after that cut (the changed word lies beyond the limit), both embed identically: the mask is empty
 and the "edit" reproduces the input. ``check_prompts`` says so, and which prompts were cut, for every
-tokenizer of a model (SD has one; SDXL two, and an edit is a no-op only if it is one for both).
+tokenizer of a model (SD has one; SDXL and FLUX.1 two, SD3 three with its T5; an edit is a no-op only if
+it is one for every tokenizer).
 
 Only tokenizer files are needed (``load_tokenizers``): cheap enough for ``validate``, which never loads
 weights.
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 #: Model subfolders that hold tokenizers, in the order the text encoders use them.
-TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
+TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ def _ids(tokenizer: Any, text: str, truncate: bool) -> list[int]:
     return list(tokenizer(text, **kwargs)["input_ids"])
 
 
+def is_truncated(tokenizer: Any, text: str, max_length: int | None = None) -> bool:
+    """Whether the encoder sees ``text`` cut at ``max_length`` tokens (the tokenizer's own by default),
+    special tokens included."""
+    return len(_ids(tokenizer, text, False)) > (max_length or tokenizer.model_max_length)
+
+
 def check_prompts(tokenizers: Sequence[Any], query: str, caption: str) -> PromptCheck:
     """Tokenize ``query`` and ``caption`` with each of ``tokenizers`` (Hugging Face tokenizers) as the
     text encoders will, and compare (module docstring). No tokenizers: nothing is known, nothing flagged."""
@@ -61,7 +68,7 @@ def check_prompts(tokenizers: Sequence[Any], query: str, caption: str) -> Prompt
         unchanged = unchanged and q == c
         limit = tokenizer.model_max_length
         for name, text in (("query", query), ("caption", caption)):
-            if name not in truncated and len(_ids(tokenizer, text, False)) > limit:
+            if name not in truncated and is_truncated(tokenizer, text, limit):
                 truncated.append(name)
     return PromptCheck(
         unchanged=unchanged,
@@ -71,20 +78,38 @@ def check_prompts(tokenizers: Sequence[Any], query: str, caption: str) -> Prompt
 
 
 def bundle_tokenizers(bundle: Any) -> list[Any]:
-    """The tokenizers of a loaded model bundle (``tokenizer``, then ``tokenizer_2`` where there is one)."""
+    """The tokenizers of a loaded model bundle (``tokenizer``, then ``tokenizer_2`` and ``tokenizer_3``
+    where there are)."""
     return [t for t in (getattr(bundle, name, None) for name in TOKENIZER_FOLDERS) if t is not None]
 
 
 def load_tokenizers(root: str | Path) -> list[Any]:
-    """The tokenizers of a diffusers model directory, from their files alone (no weights)."""
-    from transformers import CLIPTokenizer
+    """The tokenizers of a diffusers model directory, from their files alone (no weights), each of the
+    class its model_index.json names (CLIP's, or SD3's and FLUX.1's T5 tokenizer); CLIPTokenizer where it
+    names none."""
+    import json
+
+    import transformers
 
     root = Path(root)
-    return [
-        CLIPTokenizer.from_pretrained(str(root / name), local_files_only=True)
-        for name in TOKENIZER_FOLDERS
-        if (root / name).is_dir()
-    ]
+    index_file = root / "model_index.json"
+    index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+    out = []
+    for name in TOKENIZER_FOLDERS:
+        if not (root / name).is_dir():
+            continue
+        entry = index.get(name)
+        named = entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] else None
+        cls = getattr(transformers, named or "CLIPTokenizer")
+        out.append(cls.from_pretrained(str(root / name), local_files_only=True))
+    return out
 
 
-__all__ = ["TOKENIZER_FOLDERS", "PromptCheck", "bundle_tokenizers", "check_prompts", "load_tokenizers"]
+__all__ = [
+    "TOKENIZER_FOLDERS",
+    "PromptCheck",
+    "bundle_tokenizers",
+    "check_prompts",
+    "is_truncated",
+    "load_tokenizers",
+]

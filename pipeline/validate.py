@@ -268,6 +268,8 @@ def model_tokenizers(job: JobConfig, model: ModelSource) -> list[Any]:
             for name in TOKENIZER_FOLDERS:
                 if fs.exists(f"{root}/{name}"):
                     fs.get(f"{root}/{name}/", f"{tmp}/{name}/", recursive=True)
+            if fs.exists(f"{root}/model_index.json"):  # it names each tokenizer's class (CLIP or T5)
+                fs.get(f"{root}/model_index.json", f"{tmp}/model_index.json")
             return load_tokenizers(tmp)
     if model.kind == "local":
         return load_tokenizers(model.location)

@@ -103,3 +103,25 @@ def test_validate_warns_about_rows_that_cannot_change(tmp_path):
         "do nothing), e.g. ['noop']",
         "text: WARNING 2 of 3 rows have a caption or query longer than 24 tokens (cut), e.g. ['noop', 'long']",
     ]
+
+
+def test_flow_model_tokenizers_are_read_as_their_own_classes(tmp_path):
+    """validate reads SD3's three and FLUX.1's two tokenizers from their files, each of the class
+    model_index.json names (T5's as T5TokenizerFast, not as CLIP's), the ids the loaded bundle's own
+    tokenizers give; a query that differs from its caption only beyond CLIP's limit is no no-op for a
+    model whose T5 sees it."""
+    from diffedit.tiny import save_tiny_family
+    from diffedit.tiny_flow import tiny_flux_bundle, tiny_sd3_bundle
+
+    for family, make, expected in (
+        ("sd3", tiny_sd3_bundle, ["CLIPTokenizer", "CLIPTokenizer", "T5Tokenizer"]),
+        ("flux", tiny_flux_bundle, ["CLIPTokenizer", "T5Tokenizer"]),
+    ):
+        loaded = load_tokenizers(save_tiny_family(family, tmp_path / family))
+        assert [type(t).__name__ for t in loaded] == expected, family
+        own = bundle_tokenizers(make(seed=0))
+        for a, b in zip(loaded, own, strict=True):
+            assert a("a red star on the background").input_ids == b("a red star on the background").input_ids
+        long = " ".join(["blue"] * 30)  # beyond the tiny CLIP's 16 tokens, within T5's 512
+        check = check_prompts(loaded, long + " red circle", long + " green circle")
+        assert not check.unchanged and check.truncated == ("query", "caption")
