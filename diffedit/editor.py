@@ -295,16 +295,17 @@ class DiffEditor:
     def _source_key(self, row: _Row) -> tuple:
         """What a row's clean latent and DDIM trajectory depend on: the model's input pixels, the size
         conditions (SDXL's original size), the grid and the encoding's text. Seed-free: the candidates of
-        a request and the queries on one image share it. SDEdit's noise encode is per seed: no sharing."""
+        a request and the queries on one image share it. SDEdit's noise encode is per seed: its rows share
+        only the VAE encode (key ``("noise", pixels)``), never a trajectory."""
         p = row.params
-        text = row.request.caption if p.encode_conditioning == "caption" else ""
         if p.encode_method != "ddim":
-            return ("row", row.index, row.candidate)
+            return ("noise", row.digest)
+        text = row.request.caption if p.encode_conditioning == "caption" else ""
         return (row.digest, row.size, p.num_inference_steps, p.num_encode_steps, text)
 
     def _remember(self, key: tuple, x0: torch.Tensor, trajectory: list[torch.Tensor]) -> None:
         """Keep a source's x_0 and trajectory in the LRU (``trajectory_cache`` entries)."""
-        if self.trajectory_cache <= 0 or key[0] == "row":
+        if self.trajectory_cache <= 0:
             return
         self._trajectories[key] = (x0, trajectory)
         self._trajectories.move_to_end(key)
@@ -352,10 +353,11 @@ class DiffEditor:
         src_first = [keys.index(k) for k in sources]  # (U,) source -> its first row
         sharers = torch.bincount(src, minlength=len(sources))  # (U,) rows per source
         U = len(sources)
-        cached = {u: self._trajectories.get(k) for u, k in enumerate(sources) if k in self._trajectories}
-        for k in sources:
+        cached = {}  # u -> (x_0, trajectory) of the sources the LRU holds (each now most recent)
+        for u, k in enumerate(sources):
             if k in self._trajectories:
                 self._trajectories.move_to_end(k)
+                cached[u] = self._trajectories[k]
 
         # VAE encode of each source not in the cache: the clean latents x_0.  # (U, C, h, w) -> (B, C, h, w)
         todo_src = [u for u in range(U) if u not in cached]
@@ -454,9 +456,10 @@ class DiffEditor:
                     parts[u] = [x[n] for x in computed]  # K+1 x (C, h, w)
                     self._remember(sources[u], x0_src[u], parts[u])
                     evals["encode"][src == u] = _shares(int(evals_encode[n]), int(sharers[u]))
+            src_dev = src.to(device)
             trajectory = [
-                torch.stack([parts[int(u)][k] for u in src]) for k in range(len(enc_levels))
-            ]  # K+1 x (B, C, h, w)
+                torch.stack([parts[u][k] for u in range(U)])[src_dev] for k in range(len(enc_levels))
+            ]  # K+1 x (U, C, h, w) -> K+1 x (B, C, h, w)
         else:
             noise = torch.stack(
                 [torch.randn((C, h, w), generator=stage_generator(r.seed, "encode")) for r in rows]

@@ -311,3 +311,20 @@ def test_trajectory_cache_serves_later_calls_and_can_be_switched_off(bundle, ran
     assert recomputed.counters["unet_evals_encode"] == FAST.num_encode_steps
     assert np.array_equal(np.asarray(recomputed.image), np.asarray(second.image))
     assert fresh.edit([again])[0].counters["unet_evals_encode"] == FAST.num_encode_steps  # nothing kept
+
+
+def test_sdedit_candidates_share_the_vae_encode_but_not_a_trajectory(bundle, random_image):
+    """SDEdit's noise encode is per seed, so a request's candidates get their own trajectories (no cache
+    entry, their own noise) but still one VAE encode of the one image."""
+    from diffedit.scores import Scoring
+    from diffedit.select import Selection
+
+    params = FAST.replace(encode_method="noise")
+    editor = DiffEditor(bundle, params, max_batch=64, scoring=Scoring(), selection=Selection(candidates=2))
+    cands = editor.edit_candidates(
+        [EditRequest(random_image(13, 32, 32), "a red cat", "a blue cat", seed=2)]
+    )[0]
+    assert [c.counters["vae_encodes"] for c in cands] == [1, 0]
+    assert all(c.counters["unet_evals_encode"] == 0 for c in cands) and not editor._trajectories
+    assert torch.equal(cands[0].input_latent, cands[1].input_latent)
+    assert not torch.equal(cands[0].latent, cands[1].latent)  # each candidate its own noise
