@@ -58,12 +58,10 @@ class FlowReexpressed:
         sigma: torch.Tensor,
     ) -> Prediction:
         norm = (alpha.double() ** 2 + sigma.double() ** 2).sqrt()  # (B,) = 1 / (a + b)
-        a = (alpha.double() / norm).to(latents.dtype).view(-1, 1, 1, 1)  # (B, 1, 1, 1) the VP level's a
-        b = (sigma.double() / norm).to(latents.dtype).view(-1, 1, 1, 1)  # (B, 1, 1, 1) and b
+        a, b = alpha.double() / norm, sigma.double() / norm  # (B,) the VP level
         x_vp = latents / norm.to(latents.dtype).view(-1, 1, 1, 1)  # (B, C, h, w)
-        eps = self.bundle.eps(x_vp, t, cond).to(latents.dtype)  # (B, C, h, w)
-        x0 = (x_vp - b * eps) / a  # (B, C, h, w)
-        return from_velocity(latents, eps - x0, sigma)  # v = eps - x0
+        vp = self.bundle.denoise(x_vp, t, cond, a, b)  # the VP model's own (x0-hat, eps-hat)
+        return from_velocity(latents, vp.eps - vp.x0, sigma)  # v = eps - x0
 
 
 def compare(bundle: Any, tasks: Sequence[Any], params: Any, max_batch: int = 64) -> dict[str, Any]:
