@@ -6,7 +6,14 @@ on one device and dtype, and turns them into the pure-tensor callables that the 
 noise or v prediction), ``levels(steps, latent_hw)`` (the DDIM grid, ``diffedit.schedule``),
 ``vae_encode`` and ``vae_decode``. It owns no algorithm. Flow-matching models (SD3, FLUX.1) are
 ``diffedit.flow_bundle.FlowBundle``, with the same surface.
+
 Loading from disk, fsspec URLs or the hub is ``diffedit.loading.load_bundle``.
+
+A UNet trained with the rectified-flow objective (the scheduler config names
+``FlowMatchEulerDiscreteScheduler``, as ``diffedit.shapes.train --objective flow`` exports) is the same
+bundle with ``prediction_type == "flow"``: its grid is the scheduler's flow grid (``schedule.flow_levels``,
+time input 1000 s) and its output a velocity (``modelcall.from_velocity``), as on SD3; the stages do not
+change.
 
 SDXL (family "sdxl", a UNet with ``addition_embed_type="text_time"``) differs in three places, each as
 diffusers' ``StableDiffusionXLPipeline`` does it:
@@ -27,8 +34,9 @@ from typing import Any
 import torch
 
 from diffedit import conditioning
-from diffedit.modelcall import Prediction, vp_denoiser
-from diffedit.schedule import Levels, alphas_cumprod_from_config, ddim_levels
+from diffedit.loading.layout import FLOW_SCHEDULER_CLASS
+from diffedit.modelcall import Prediction, from_velocity, vp_denoiser
+from diffedit.schedule import Levels, alphas_cumprod_from_config, ddim_levels, flow_levels
 from diffedit.vae import LatentCodec
 
 
@@ -46,19 +54,23 @@ class ModelBundle(LatentCodec):
     force_zeros_for_empty_prompt: bool = (
         False  # SDXL: "" embeds as zeros (model_index.json; diffusers' default)
     )
-    alphas_cumprod: torch.Tensor = field(init=False)  # (T,) float64, on the CPU
+    alphas_cumprod: torch.Tensor = field(init=False)  # (T,) float64, on the CPU; empty for a flow UNet
 
     def __post_init__(self) -> None:
-        self.alphas_cumprod = alphas_cumprod_from_config(self.scheduler_config)
         self._alphas_device: torch.Tensor | None = None
+        if self.scheduler_config.get("_class_name") == FLOW_SCHEDULER_CLASS:  # a rectified-flow UNet
+            self.prediction_type = "flow"
+            self.alphas_cumprod = torch.empty(0, dtype=torch.float64)  # no VP schedule
+        else:
+            prediction = self.scheduler_config.get("prediction_type", "epsilon")
+            if prediction not in ("epsilon", "v_prediction"):
+                raise ValueError(
+                    f"{self.source}: scheduler prediction_type {prediction!r} is not supported "
+                    "(expected 'epsilon' or 'v_prediction')"
+                )
+            self.prediction_type = prediction
+            self.alphas_cumprod = alphas_cumprod_from_config(self.scheduler_config)
         self._denoise = vp_denoiser(self.eps)
-        prediction = self.scheduler_config.get("prediction_type", "epsilon")
-        if prediction not in ("epsilon", "v_prediction"):
-            raise ValueError(
-                f"{self.source}: scheduler prediction_type {prediction!r} is not supported "
-                "(expected 'epsilon' or 'v_prediction')"
-            )
-        self.prediction_type = prediction
         self.family = "sdxl" if self.unet.config.get("addition_embed_type") == "text_time" else "sd"
         self._check_family()
         for module in self._modules():
@@ -172,7 +184,7 @@ class ModelBundle(LatentCodec):
 
     @property
     def num_train_timesteps(self) -> int:
-        return int(self.alphas_cumprod.shape[0])
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
     # ----------------------------------------------------------------- text
     @torch.inference_mode()
@@ -235,7 +247,10 @@ class ModelBundle(LatentCodec):
 
     # ----------------------------------------------------------------- model calls
     def levels(self, num_steps: int, latent_hw: tuple[int, int] | None = None) -> Levels:
-        """The DDIM grid of ``num_steps`` steps (the same at every latent size).  # (S + 1,) each"""
+        """The DDIM grid of ``num_steps`` steps (the same at every latent size); a flow UNet's flow grid
+        with the scheduler's shift.  # (S + 1,) each"""
+        if self.prediction_type == "flow":
+            return flow_levels(self.scheduler_config, num_steps)
         return ddim_levels(self.scheduler_config, num_steps)
 
     def denoise(
@@ -248,8 +263,12 @@ class ModelBundle(LatentCodec):
     ) -> Prediction:
         """The denoiser contract of every DiffEdit stage (``diffedit.modelcall``): the UNet's noise
         prediction at t (``eps``) and the clean latent it implies at the latents' level (alpha, sigma),
-        x0 = (x - sigma eps) / alpha. latents (B, C, h, w), t (B,) integer timesteps, cond (B, L', D),
-        alpha, sigma (B,) -> Prediction, (B, C, h, w) each."""
+        x0 = (x - sigma eps) / alpha; a flow UNet's velocity read at s = sigma, x0 = x - s v,
+        eps = x + (1 - s) v. latents (B, C, h, w), t (B,) integer timesteps (flow: 1000 s),
+        cond (B, L', D), alpha, sigma (B,) -> Prediction, (B, C, h, w) each."""
+        if self.prediction_type == "flow":
+            v = self.unet_output(latents, t, cond).to(latents.dtype)  # (B, C, h, w)
+            return from_velocity(latents, v, sigma)
         return self._denoise(latents, t, cond, alpha, sigma)
 
     @torch.inference_mode()
@@ -257,9 +276,27 @@ class ModelBundle(LatentCodec):
         """The UNet's noise prediction (``denoise`` builds the contract's pair from it).
 
         latents (B, C, h, w), t (B,) integer timesteps, text_embeddings (B, L', D) (``encode_prompts``
-        after ``condition_rows``) -> eps (B, C, h, w). SDXL's added conditions are unpacked from it.
-        A v-prediction model's output is converted: eps = sqrt(a_t) v + sqrt(1 - a_t) x_t
-        (Salimans & Ho 2022, "Progressive distillation", eq. for v).
+        after ``condition_rows``) -> eps (B, C, h, w). A v-prediction model's output is converted:
+        eps = sqrt(a_t) v + sqrt(1 - a_t) x_t (Salimans & Ho 2022, "Progressive distillation", eq. for v).
+        """
+        if self.prediction_type == "flow":
+            raise ValueError(
+                f"{self.source}: a flow UNet predicts a velocity, not eps at a timestep: use denoise"
+            )
+        out = self.unet_output(latents, t, text_embeddings)  # (B, C, h, w)
+        if self.prediction_type == "v_prediction":
+            a = self._alphas_on_device()[t.to(self.device)].to(out.dtype).view(-1, 1, 1, 1)
+            out = a.sqrt() * out + (1 - a).sqrt() * latents.to(out.dtype)
+        return out.to(self.work_dtype)
+
+    @torch.inference_mode()
+    def unet_output(
+        self, latents: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor
+    ) -> torch.Tensor:
+        """The UNet's raw output (eps, v or a flow velocity, as the model was trained).
+
+        latents (B, C, h, w), t (B,) the time input, text_embeddings (B, L', D) -> (B, C, h, w) in the
+        model's dtype. SDXL's added conditions are unpacked from the embeddings.
         """
         cond = text_embeddings.to(self.device, self.dtype)
         if self.family == "sdxl":
@@ -270,11 +307,7 @@ class ModelBundle(LatentCodec):
             }
         else:
             kwargs = {"encoder_hidden_states": cond}
-        out = self.unet(latents.to(self.dtype), t.to(self.device), **kwargs).sample  # (B, C, h, w)
-        if self.prediction_type == "v_prediction":
-            a = self._alphas_on_device()[t.to(self.device)].to(out.dtype).view(-1, 1, 1, 1)
-            out = a.sqrt() * out + (1 - a).sqrt() * latents.to(out.dtype)
-        return out.to(self.work_dtype)
+        return self.unet(latents.to(self.dtype), t.to(self.device), **kwargs).sample  # (B, C, h, w)
 
     def _alphas_on_device(self) -> torch.Tensor:
         if self._alphas_device is None or self._alphas_device.device != self.device:

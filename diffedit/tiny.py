@@ -236,15 +236,16 @@ def save_sd_directory(
     scheduler_config: dict[str, Any],
 ) -> Path:
     """Write components as a diffusers Stable Diffusion directory: model_index.json, safetensors
-    weights in unet/, vae/, text_encoder/, the tokenizer and a DDIM scheduler config."""
+    weights in unet/, vae/, text_encoder/, the tokenizer and the scheduler config as given (its
+    ``_class_name``: DDIM by default; ``FlowMatchEulerDiscreteScheduler`` for a flow-trained UNet)."""
     import diffusers
-    from diffusers import DDIMScheduler
 
     path = Path(path)
     for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
         module.save_pretrained(path / name, safe_serialization=True)
     tokenizer.save_pretrained(path / "tokenizer")
-    DDIMScheduler.from_config(scheduler_config).save_pretrained(path / "scheduler")
+    scheduler_class = getattr(diffusers, scheduler_config.get("_class_name", "DDIMScheduler"))
+    scheduler_class.from_config(scheduler_config).save_pretrained(path / "scheduler")
     index = {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": diffusers.__version__,
@@ -252,7 +253,7 @@ def save_sd_directory(
         "vae": ["diffusers", "AutoencoderKL"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDIMScheduler"],
+        "scheduler": ["diffusers", scheduler_class.__name__],
         "safety_checker": [None, None],
         "feature_extractor": [None, None],
         "image_encoder": [None, None],

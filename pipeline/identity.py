@@ -78,7 +78,7 @@ class ModelSource:
     revision: str | None  # hub: the commit the revision resolved to; else None
     fingerprint: dict[str, Any]  # see the module docstring
     description: str  # one line for validate
-    family: str = "Stable Diffusion"  # the layout's family's name (diffedit.loading.layout.FAMILY_NAMES)
+    family: str = "Stable Diffusion"  # the layout's family's name (diffedit.loading.layout.layout_name)
     # family key, native size and pixel multiple from the UNet's and VAE's configs (pipeline.sizing):
     # the batch plan and the regrouping key; None when the configs could not be read
     geometry: Geometry | None = None
@@ -149,18 +149,19 @@ def _check_layout(
     files: set[str], read_json: Callable[[str], Any], where: str
 ) -> tuple[dict[str, tuple[str, ...]], str, Geometry | None]:
     """The layout's weight files per component, its family's name for the report
-    (``FAMILY_NAMES``: "Stable Diffusion", "Stable Diffusion XL", "Stable Diffusion 3" or "FLUX.1") and
+    (``layout_name``: "Stable Diffusion", "Stable Diffusion XL", "Stable Diffusion 3" or "FLUX.1", a UNet
+    directory with a flow scheduler marked ", rectified-flow UNet") and
     its geometry (``pipeline.sizing.geometry_from_configs``)."""
     from diffedit.loading.errors import ModelLayoutError, UnsafeWeightsError
-    from diffedit.loading.layout import FAMILY_NAMES, check_layout, layout_family
+    from diffedit.loading.layout import check_layout, layout_family, layout_name
 
     try:
         weights = check_layout(files, read_json, where)
     except (ModelLayoutError, UnsafeWeightsError) as exc:
         raise ConfigError(str(exc)) from None
-    family = layout_family(read_json("model_index.json"))
-    geometry = geometry_from_configs(family, read_json)
-    return weights, FAMILY_NAMES[family], geometry
+    index = read_json("model_index.json")
+    geometry = geometry_from_configs(layout_family(index), read_json)
+    return weights, layout_name(index), geometry
 
 
 def _small_files_sha256(files: list[str], read_bytes: Callable[[str], bytes]) -> str:

@@ -34,9 +34,11 @@ from diffedit.loading.errors import ModelLayoutError, UnsafeWeightsError
 __all__ = [
     "FAMILIES",
     "FILE_PATTERNS",
+    "FLOW_SCHEDULER_CLASS",
     "PICKLE_SUFFIXES",
     "check_layout",
     "layout_family",
+    "layout_name",
     "wanted",
 ]
 
@@ -59,6 +61,10 @@ FAMILY_NAMES = {
     "sd3": "Stable Diffusion 3",
     "flux": "FLUX.1",
 }
+#: The scheduler a rectified-flow model names (``diffedit.schedule.flow_levels`` reads its sigmas); a UNet
+#: directory ("sd", "sdxl") that names it holds a flow-trained UNet (``diffedit.bundle``: a velocity on
+#: the flow grid).
+FLOW_SCHEDULER_CLASS = "FlowMatchEulerDiscreteScheduler"
 #: The class the model_index.json entry of a component must name, where only one will do.
 REQUIRED_CLASSES = {
     ("sdxl", "text_encoder_2"): "CLIPTextModelWithProjection",
@@ -68,6 +74,8 @@ REQUIRED_CLASSES = {
     ("sd3", "text_encoder_3"): "T5EncoderModel",
     ("flux", "transformer"): "FluxTransformer2DModel",
     ("flux", "text_encoder_2"): "T5EncoderModel",
+    ("sd3", "scheduler"): FLOW_SCHEDULER_CLASS,
+    ("flux", "scheduler"): FLOW_SCHEDULER_CLASS,
 }
 #: The config file of each component (tokenizers are checked separately).
 CONFIG_FILES = {
@@ -120,6 +128,17 @@ def layout_family(index: Mapping[str, Any]) -> str:
     entry = index.get("text_encoder_2")
     listed = isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
     return "sdxl" if listed or pipeline.startswith("StableDiffusionXL") else "sd"
+
+
+def layout_name(index: Mapping[str, Any]) -> str:
+    """The family's name in reports (``FAMILY_NAMES``), with ", rectified-flow UNet" for a UNet directory
+    whose scheduler is the flow one."""
+    family = layout_family(index)
+    scheduler = index.get("scheduler")
+    flow = (
+        isinstance(scheduler, (list, tuple)) and len(scheduler) == 2 and scheduler[1] == FLOW_SCHEDULER_CLASS
+    )
+    return FAMILY_NAMES[family] + (", rectified-flow UNet" if flow and family in ("sd", "sdxl") else "")
 
 
 def listed(index: Mapping[str, Any], component: str) -> bool:

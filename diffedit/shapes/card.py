@@ -4,7 +4,11 @@ deterministic classifier, and the VAE's reconstruction PSNR on held-out scenes.
     python -m diffedit.shapes.card models/shapes-v3    # writes samples.png and sample_check.json
 
 Samples come from ``diffusers.StableDiffusionPipeline.from_pretrained(model_dir)`` (DDIM, 50 steps,
-classifier-free guidance 5), so the check also proves that the directory loads as a pipeline.
+classifier-free guidance 5), so the check also proves that the directory loads as a pipeline. A
+flow-trained UNet (``diffedit.shapes.train --objective flow``: a ``FlowMatchEulerDiscreteScheduler``,
+which StableDiffusionPipeline cannot step) samples through the project's own bundle instead: DiffEdit's
+decoding with an all-ones mask from pure noise (s = 1), which is text-to-image Euler sampling with
+classifier-free guidance on the same flow grid (``diffedit.decode``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from diffedit.loading.layout import FLOW_SCHEDULER_CLASS
 from diffedit.shapes.classify import classify_region, object_pixels
 from diffedit.shapes.scenes import article, eval_scene_seed, sample_scene
 from diffedit.shapes.vocab import BACKGROUND_COLOURS, OBJECT_COLOURS, SHAPES, TEXTURES
@@ -57,8 +62,13 @@ def colours_present(image: Image.Image, min_pixels: int = 20) -> set[str]:
 
 
 def sample(model_dir: str | Path, captions: list[str], seed: int, steps: int, guidance: float) -> list[Any]:
-    """Images drawn by the StableDiffusionPipeline of ``model_dir``, one per caption."""
+    """Images drawn by the StableDiffusionPipeline of ``model_dir``, one per caption (a flow model's:
+    ``sample_flow``)."""
     from diffusers import StableDiffusionPipeline
+
+    index = json.loads((Path(model_dir) / "model_index.json").read_text())
+    if index.get("scheduler", [None, None])[1] == FLOW_SCHEDULER_CLASS:
+        return sample_flow(model_dir, captions, seed, steps, guidance)
 
     pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
@@ -73,6 +83,37 @@ def sample(model_dir: str | Path, captions: list[str], seed: int, steps: int, gu
         generator=gen,
     )
     return list(out.images)
+
+
+@torch.inference_mode()
+def sample_flow(
+    model_dir: str | Path, captions: list[str], seed: int, steps: int, guidance: float
+) -> list[Any]:
+    """Images drawn by a flow-trained shapes model: Euler sampling with classifier-free guidance from
+    x_1 ~ N(0, I) on the scheduler's flow grid, run as DiffEdit's decoding with an all-ones mask (the
+    trajectory's other levels are then never read)."""
+    from diffedit.decode import ddim_decode
+    from diffedit.images import tensor_to_pil
+    from diffedit.loading import load_bundle
+
+    bundle = load_bundle(str(model_dir))
+    levels = bundle.levels(steps)
+    side = bundle.native_size // bundle.vae_scale_factor
+    gen = torch.Generator().manual_seed(seed)
+    x1 = torch.randn((len(captions), bundle.latent_channels, side, side), generator=gen)  # (B, C, h, w)
+    cond = bundle.encode_prompts([*captions, ""])  # (B + 1, L, D)
+    uncond = cond[-1:].expand(len(captions), -1, -1)  # (B, L, D)
+    x0 = ddim_decode(
+        bundle.denoise,
+        [torch.zeros_like(x1)] * steps + [x1],
+        torch.ones(len(captions), 1, side, side),
+        levels,
+        cond[:-1],
+        uncond,
+        torch.full((len(captions),), guidance),
+        max_batch=64,
+    )  # (B, C, h, w)
+    return [tensor_to_pil(x) for x in bundle.vae_decode(x0)]
 
 
 def check(captions: list[str], images: list[Image.Image]) -> list[dict[str, Any]]:
@@ -137,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model_dir = Path(args.model_dir)
+    index = json.loads((model_dir / "model_index.json").read_text())
+    flow = index.get("scheduler", [None, None])[1] == FLOW_SCHEDULER_CLASS
     captions = check_captions(args.seed)
     images = sample(model_dir, captions, args.seed, args.steps, args.guidance)
     rows = check(captions, images)
@@ -144,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     single = [r for r in rows if "shape_ok" in r]
     multi = [r for r in rows if "shape_ok" not in r]
     summary = {
-        "sampler": f"DDIM {args.steps} steps, guidance {args.guidance}, seed {args.seed}",
+        "sampler": f"{'Euler (flow)' if flow else 'DDIM'} {args.steps} steps, guidance {args.guidance}, seed {args.seed}",
         "single_object_colour_match": sum(r["colour_ok"] for r in single) / len(single),
         "single_object_shape_match": sum(r["shape_ok"] for r in single) / len(single),
         "single_object_both_match": sum(r["colour_ok"] and r["shape_ok"] for r in single) / len(single),

@@ -131,3 +131,34 @@ def edit_pair_input(
     xt = a.sqrt() * x0_shown + (1 - a).sqrt() * noise
     eps = (xt - a.sqrt() * target) / (1 - a).sqrt()
     return xt, eps
+
+
+def flow_level(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """The rectified-flow level s of uniform draws u in [0, 1) under a time shift (SD3's, Esser et al.
+    2024 eq. 23; diffusers' ``FlowMatchEulerDiscreteScheduler`` ``shift``): s = k u / (1 + (k - 1) u).
+    With k = 2 the levels follow Stable Diffusion's VP levels in flow coordinates, s = b / (a + b),
+    within 0.05 RMS over t in [0, 1000).  # same shape as u"""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def flow_input(x0: torch.Tensor, noise: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noisy input and the velocity target of the rectified-flow objective at levels ``s``:
+    x_s = (1 - s) x_0 + s eps, v = eps - x_0 (diffusers' flow convention, the target of SD3 and FLUX.1).
+    Shapes: x0 and noise (B, 4, h, w), s (B, 1, 1, 1)."""
+    return (1 - s) * x0 + s * noise, noise - x0
+
+
+def edit_pair_flow_input(
+    source: torch.Tensor, target: torch.Tensor, region: torch.Tensor, noise: torch.Tensor, s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``edit_pair_input`` in velocity form: the noisy input and the velocity target of edit pairs at
+    flow levels ``s`` (> 0).
+
+    x_s = (1 - s) (R * source + (1 - R) * target) + s * noise: the *source* shows through inside the
+    edit cells R. The target is the velocity whose clean-latent prediction x0 = x_s - s v is the
+    *edited* latent: v* = (x_s - target) / s = noise - target + ((1 - s) / s) * R * (source - target).
+    Shapes: latents and noise (B, 4, h, w), region (B, 1, h, w), s (B, 1, 1, 1).
+    """
+    x0_shown = region * source + (1 - region) * target  # (B, 4, h, w)
+    xs = (1 - s) * x0_shown + s * noise  # (B, 4, h, w)
+    return xs, (xs - target) / s

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from diffedit.loading.layout import FLOW_SCHEDULER_CLASS
 from diffedit.shapes import dataset
 from diffedit.shapes.dataset import images_tensor
 from diffedit.shapes.posterior import POSTERIOR_STD, set_posterior_std
@@ -60,6 +61,14 @@ PAIR_SEED_BASE = 3_000_000
 
 IMAGE_SIZE = 64
 LATENT_SIZE = 16
+#: A flow model's time input is s * 1000, as ``FlowMatchEulerDiscreteScheduler.timesteps`` gives it.
+FLOW_TIME_SCALE = 1000.0
+
+
+def flow_scheduler_config(shift: float) -> dict[str, Any]:
+    """The scheduler config of a flow-trained shapes model: rectified flow on the shifted grid that its
+    training levels follow (``dataset.flow_level``)."""
+    return {"_class_name": FLOW_SCHEDULER_CLASS, "num_train_timesteps": 1000, "shift": shift}
 
 
 # --------------------------------------------------------------------------- models
@@ -323,7 +332,9 @@ def encode_dataset(args: argparse.Namespace, state: dict[str, Any], log: Logger,
 
 
 def train_diffusion(args: argparse.Namespace, state: dict[str, Any], log: Logger, ckpt: Path) -> None:
-    """Phase 2: UNet + text encoder on the epsilon objective; fills state['unet_ema'] etc.
+    """Phase 2: UNet + text encoder on the epsilon objective (``--objective flow``: the rectified-flow
+    velocity objective, ``dataset.flow_input``, at levels s = ``dataset.flow_level(u, flow_shift)``, u
+    uniform, time input 1000 s); fills state['unet_ema'] etc.
 
     Each batch holds ``round(p_pair * batch)`` edit pairs (``dataset.edit_pair_input``, t drawn from
     [pair_t_min, 1000), never caption-dropped: the unconditional model stays a plain denoiser) and
@@ -360,6 +371,7 @@ def train_diffusion(args: argparse.Namespace, state: dict[str, Any], log: Logger
     pair_ids = tokenize(tokenizer, pairs["captions"]) if pairs else None  # (P, L)
     empty_ids = tokenize(tokenizer, [""])  # (1, L)
     acp = alphas_cumprod()
+    flow = args.objective == "flow"
     n = latents_all.shape[0]
     gen = torch.Generator()
     t0, step0 = time.time(), step
@@ -375,24 +387,38 @@ def train_diffusion(args: argparse.Namespace, state: dict[str, Any], log: Logger
         ids = ids_all[idx].clone()  # (b, L)
         drop = torch.rand(b, generator=gen) < args.p_uncond
         ids[drop] = empty_ids
-        t = torch.randint(0, acp.shape[0], (b,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = acp[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        target = noise
+        if flow:  # rectified flow: x_s = (1 - s) x0 + s eps, target v = eps - x0, time input 1000 s
+            u = torch.rand(b, generator=gen)  # (b,)
+            s_level = dataset.flow_level(u, args.flow_shift)  # (b,)
+            noise = torch.randn(x0.shape, generator=gen)
+            xt, target = dataset.flow_input(x0, noise, s_level.view(-1, 1, 1, 1))  # (b, 4, 16, 16) each
+            t = s_level * FLOW_TIME_SCALE  # (b,) float
+        else:
+            t = torch.randint(0, acp.shape[0], (b,), generator=gen)
+            noise = torch.randn(x0.shape, generator=gen)
+            a = acp[t].view(-1, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            target = noise
         cells = objects_all[idx].float() if objects_all is not None else torch.zeros_like(x0[:, :1])
         if n_pair:
             pidx = torch.randint(0, len(pair_ids), (n_pair,), generator=gen)
-            pt = torch.randint(args.pair_t_min, acp.shape[0], (n_pair,), generator=gen)
-            pnoise = torch.randn((n_pair, *x0.shape[1:]), generator=gen)
-            pxt, peps = dataset.edit_pair_input(
+            pair_latents = (
                 pairs["source"][pidx].float(),
                 pairs["target"][pidx].float(),
                 pairs["region"][pidx].float(),
-                pnoise,
-                acp[pt].view(-1, 1, 1, 1),
             )
-            xt, target, t = torch.cat([xt, pxt]), torch.cat([target, peps]), torch.cat([t, pt])
+            if flow:  # the same share of the time range as the VP pairs: u in [pair_t_min / 1000, 1)
+                u_min = args.pair_t_min / FLOW_TIME_SCALE
+                pu = u_min + (1 - u_min) * torch.rand(n_pair, generator=gen)  # (n_pair,)
+                ps = dataset.flow_level(pu, args.flow_shift)  # (n_pair,)
+                pnoise = torch.randn((n_pair, *x0.shape[1:]), generator=gen)
+                pxt, ptarget = dataset.edit_pair_flow_input(*pair_latents, pnoise, ps.view(-1, 1, 1, 1))
+                pt = ps * FLOW_TIME_SCALE  # (n_pair,)
+            else:
+                pt = torch.randint(args.pair_t_min, acp.shape[0], (n_pair,), generator=gen)
+                pnoise = torch.randn((n_pair, *x0.shape[1:]), generator=gen)
+                pxt, ptarget = dataset.edit_pair_input(*pair_latents, pnoise, acp[pt].view(-1, 1, 1, 1))
+            xt, target, t = torch.cat([xt, pxt]), torch.cat([target, ptarget]), torch.cat([t, pt])
             ids = torch.cat([ids, pair_ids[pidx]])
             cells = torch.cat([cells, pairs["objects"][pidx].float()])
         for g in opt.param_groups:
@@ -500,9 +526,12 @@ def export(args: argparse.Namespace, state: dict[str, Any], log: Logger) -> Path
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        scheduler_config=SD_SCHEDULER_CONFIG,
+        scheduler_config=flow_scheduler_config(args.flow_shift)
+        if args.objective == "flow"
+        else SD_SCHEDULER_CONFIG,
     )
     summary = {
+        "objective": args.objective,
         "vae_steps": state.get("vae_step"),
         "unet_steps": state.get("unet_step"),
         "scaling_factor": state["scaling_factor"],
@@ -638,6 +667,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="loss weight 1 + w * (object cover) per latent cell (0: plain MSE)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=("eps", "flow"),
+        default="eps",
+        help="eps: DDPM noise prediction on SD's VP schedule; flow: rectified-flow velocity (v = eps - x0 at "
+        "x_s = (1 - s) x0 + s eps), exported with a FlowMatchEulerDiscreteScheduler",
+    )
+    p.add_argument(
+        "--flow-shift",
+        type=float,
+        default=2.0,
+        help="flow objective: the time shift of the training levels and of the exported scheduler",
     )
     p.add_argument("--unet-steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=32)

@@ -108,3 +108,82 @@ def test_init_model_fine_tunes_an_exported_model_on_edit_pairs(tmp_path: Path) -
     assert u0.keys() == u1.keys() and any(not torch.equal(u0[k], u1[k]) for k in u0)
     summary = json.loads((tuned / "train_state" / "summary.json").read_text())
     assert summary["unet_steps"] == 2 and summary["args"]["init_model"] == str(base)
+
+
+def test_flow_objective_inputs_and_targets() -> None:
+    """The rectified-flow objective (``--objective flow``): x_s = (1 - s) x0 + s eps with target
+    v = eps - x0, so x0 = x_s - s v and eps = x_s + (1 - s) v exactly; an edit pair's target v* reads
+    back as the *edited* latent, x_s - s v* = target, while the input shows the source inside R."""
+    from diffedit.modelcall import from_velocity
+    from diffedit.shapes import dataset
+
+    g = torch.Generator().manual_seed(0)
+    x0, noise = (
+        torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64),
+        torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64),
+    )
+    s = torch.tensor([0.05, 0.5, 0.97], dtype=torch.float64)
+    xs, v = dataset.flow_input(x0, noise, s.view(-1, 1, 1, 1))
+    pred = from_velocity(xs, v, s)
+    torch.testing.assert_close(pred.x0, x0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(pred.eps, noise, rtol=0, atol=1e-12)
+
+    source, target = torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64), x0
+    region = torch.zeros(3, 1, 8, 8, dtype=torch.float64)
+    region[:, :, 2:5, 3:6] = 1
+    pxs, pv = dataset.edit_pair_flow_input(source, target, region, noise, s.view(-1, 1, 1, 1))
+    torch.testing.assert_close(from_velocity(pxs, pv, s).x0, target, rtol=0, atol=1e-12)
+    shown = (pxs - s.view(-1, 1, 1, 1) * noise) / (1 - s.view(-1, 1, 1, 1))  # the clean latent in the input
+    torch.testing.assert_close(shown[..., 2:5, 3:6], source[..., 2:5, 3:6], rtol=0, atol=1e-9)
+    torch.testing.assert_close(shown[..., :2, :], target[..., :2, :], rtol=0, atol=1e-9)
+    # No edit region: the pair is the plain objective.
+    same = dataset.edit_pair_flow_input(source, target, torch.zeros_like(region), noise, s.view(-1, 1, 1, 1))
+    torch.testing.assert_close(same, (xs, v), rtol=0, atol=1e-12)
+
+    # Training levels: shift 1 is uniform; shift k maps 0 -> 0, 1 -> 1, monotone, noisier than uniform.
+    u = torch.linspace(0, 1, 11, dtype=torch.float64)
+    assert torch.equal(dataset.flow_level(u, 1.0), u)
+    s2 = dataset.flow_level(u, 2.0)
+    assert s2[0] == 0 and s2[-1] == 1 and bool((s2.diff() > 0).all()) and bool((s2[1:-1] > u[1:-1]).all())
+
+
+def test_flow_objective_trains_and_exports_a_flow_unet(tmp_path: Path) -> None:
+    """``--objective flow`` fine-tunes an exported eps model into a velocity model: the export names a
+    FlowMatchEulerDiscreteScheduler with the training shift, loads as a flow bundle (flow grid, velocity
+    read by ``from_velocity``), and validate's layout name says so."""
+    from diffedit.loading import load_bundle
+    from diffedit.loading.layout import layout_name
+
+    threads = torch.get_num_threads()
+    base, flow = tmp_path / "base", tmp_path / "flow"
+    pairs = ["--n-pairs", "8", "--p-pair", "0.5", "--object-weight", "2"]
+    try:
+        train.main(["--out", str(base), *TINY, "--unet-steps", "1"])
+        train.main(
+            ["--out", str(flow), *TINY, *pairs, "--unet-steps", "2", "--init-model", str(base),
+             "--objective", "flow", "--flow-shift", "3"]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    scheduler = json.loads((flow / "scheduler/scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "FlowMatchEulerDiscreteScheduler" and scheduler["shift"] == 3.0
+    index = json.loads((flow / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
+    assert layout_name(index) == "Stable Diffusion, rectified-flow UNet"
+    assert layout_name(json.loads((base / "model_index.json").read_text())) == "Stable Diffusion"
+    summary = json.loads((flow / "train_state" / "summary.json").read_text())
+    assert summary["objective"] == "flow" and summary["unet_steps"] == 2
+
+    bundle = load_bundle(str(flow))
+    assert bundle.prediction_type == "flow" and bundle.family == "sd"
+    levels = bundle.levels(4)
+    assert levels.kind == "flow" and float(levels.sigma[-1]) == 1.0 and float(levels.sigma[0]) == 0.0
+    from diffusers import FlowMatchEulerDiscreteScheduler  # the grid is the exported scheduler's, shift 3
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(4)
+    torch.testing.assert_close(levels.sigma, scheduler.sigmas.flip(0).to(levels.sigma.dtype))
+    assert float(levels.sigma[2]) > 0.6  # shifted: the middle level of a uniform grid would be 0.5
+    torch.testing.assert_close(levels.t, levels.sigma * 1000)
+    with pytest.raises(ValueError, match="velocity"):
+        bundle.eps(torch.zeros(1, 4, 16, 16), torch.tensor([500]), bundle.encode_prompts([""]))
