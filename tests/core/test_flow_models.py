@@ -265,3 +265,21 @@ def test_flux_dev_costs_20_22_22_evaluations_at_28_steps_r_08_n_10(flux):
     r = DiffEditor(flux, params=params).edit([EditRequest(_image(0, 32, 32), "a red cat", "a blue cat")])[0]
     c = r.counters
     assert (c["unet_evals_mask"], c["unet_evals_encode"], c["unet_evals_decode"]) == (20, 22, 22)
+
+
+@pytest.mark.parametrize(
+    ("preset", "counts"),
+    [("sd35-medium", (20, 32, 64)), ("flux-schnell", (20, 3, 3))],
+    ids=["sd35-medium-116", "flux-schnell-26"],
+)
+def test_the_flow_presets_cost_what_readme_says(sd3, preset, counts):
+    """README's costs at the presets' own params: SD3.5-medium 20 + 32 + 64 = 116 (40 steps, r 0.8, real
+    CFG), FLUX.1-schnell 20 + 3 + 3 = 26 (4 steps, r 0.75, no CFG)."""
+    from benchmarks.quality.preset import preset_params
+
+    bundle = sd3 if preset == "sd35-medium" else tiny_flux_bundle(seed=0, schnell=True)
+    params = preset_params(f"configs/models/{preset}.yaml")
+    r = DiffEditor(bundle, params=params).edit([EditRequest(_image(0, 32, 32), "a red cat", "a blue cat")])[0]
+    c = r.counters
+    assert (c["unet_evals_mask"], c["unet_evals_encode"], c["unet_evals_decode"]) == counts
+    assert c["unet_evals"] == sum(counts)

@@ -124,6 +124,47 @@ def test_layout_errors_name_what_is_missing(model_copy: Path, damage, expected: 
     assert str(model_copy) in str(caught.value)
 
 
+def _edit_unet_config(model_dir: Path, **changes: object) -> None:
+    config = json.loads((model_dir / "unet" / "config.json").read_text())
+    (model_dir / "unet" / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"in_channels": 9}, "in_channels=9 but out_channels=4: an inpainting/depth UNet"),
+        (
+            {"time_cond_proj_dim": 256},
+            "time_cond_proj_dim (a guidance-distilled UNet, e.g. LCM): not supported",
+        ),
+        ({"addition_embed_type": "text_time"}, "added conditions need an SDXL directory"),
+    ],
+    ids=["inpainting", "lcm", "added-conditions"],
+)
+def test_unets_diffedit_cannot_drive_are_refused_with_the_reason(
+    model_copy: Path, changes: dict, expected: str
+) -> None:
+    """README: inpainting or depth UNets and guidance-distilled UNets are refused with a named reason,
+    before any weight is read."""
+    _edit_unet_config(model_copy, **changes)
+    with pytest.raises(ModelLayoutError) as caught:
+        load_bundle(str(model_copy))
+    assert expected in str(caught.value) and str(model_copy) in str(caught.value)
+
+
+def test_the_model_cache_is_diffedit_cache_else_under_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """README: the cache of remote models is ``$DIFFEDIT_CACHE``, else ``~/.cache/diffedit-batch/models``."""
+    from diffedit.loading import default_cache_dir
+
+    monkeypatch.setenv("DIFFEDIT_CACHE", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("DIFFEDIT_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "diffedit-batch" / "models"
+
+
 def test_model_index_without_an_entry(model_copy: Path) -> None:
     index = json.loads((model_copy / "model_index.json").read_text())
     del index["vae"]

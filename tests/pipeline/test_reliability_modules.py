@@ -38,6 +38,30 @@ def test_the_pipeline_modules_import_no_cycle():
         visit(name, (name,))
 
 
+def test_the_library_imports_no_ray_and_nothing_of_the_job():
+    """README: ``diffedit/`` (the library) has no Ray in it and does not depend on the job (``pipeline/``):
+    no module of it imports ``ray`` or ``pipeline``, at the top or inside a function."""
+    offenders = []
+    for module in sorted((REPO / "diffedit").rglob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            offenders += [
+                f"{module.relative_to(REPO)}: {name}"
+                for name in names
+                if name.split(".")[0] in ("ray", "pipeline")
+            ]
+    assert offenders == []
+    code = "import sys, diffedit, diffedit.editor, diffedit.loading.load; print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'pipeline')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_a_local_ray_and_torch_threads_count_the_cpus_this_process_may_use():
     """Under ``taskset`` to one CPU, the local cluster the plan checks (and ``ensure_ray`` starts) has
     one CPU; ``os.cpu_count()`` would say the machine's."""
