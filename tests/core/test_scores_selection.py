@@ -187,6 +187,27 @@ def test_scores_do_not_change_the_edit_and_candidate_0_is_the_plain_edit(bundle6
         assert all(torch.equal(cands[0].input_latent, c.input_latent) for c in cands)
 
 
+@pytest.mark.parametrize(
+    "switches",
+    [{"alignment": False}, {"preservation": False, "mask": False}],
+    ids=["no-alignment", "alignment-only"],
+)
+def test_a_score_switched_off_is_not_computed_and_its_column_is_null(bundle, rows, switches):
+    """README: each score switched off in ``scoring`` is a null column: the editor leaves it out of
+    ``scores`` (the job's row is ``scores.get(name)`` for every name, ``pipeline.stages``), and an
+    alignment switched off spends no evaluations on it."""
+    from diffedit.scores import SCORE_NAMES
+
+    scoring = Scoring(**switches)
+    result = DiffEditor(bundle, FAST, max_batch=64, scoring=scoring).edit(rows[:1])[0]
+    assert set(result.scores) == set(scoring.names)
+    row = {f"score_{name}": result.scores.get(name) for name in SCORE_NAMES}
+    off = {"alignment"} if not scoring.alignment else {"psnr", "ssim", "mask_components", "mask_largest"}
+    assert all(row[f"score_{name}"] is None for name in off)
+    assert all(row[f"score_{name}"] is not None for name in scoring.names)
+    assert (result.counters["unet_evals_score"] > 0) == scoring.alignment
+
+
 def test_best_of_k_keeps_the_best_candidate_and_costs_less_than_k_edits(bundle, rows):
     scoring = Scoring()
 
