@@ -112,6 +112,7 @@ def test_ray_job_submit_uploads_neither_build_outputs_nor_the_old_model(tmp_path
         (root / name).write_text((REPO / name).read_text())
     files = ["pipeline/job.py", "models/shapes-v3/model_index.json", "jobs/shapes_recolor.yaml",
              "build/lib/pipeline/job.py", "dist/x.whl", "preview.png", "models/shapes-v2/model_index.json",
+             "models/shapes-v3-flow/model_index.json",
              "out/x/part-1.parquet", "data/m.parquet", ".venv/bin/python"]  # fmt: skip
     for name in files:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
