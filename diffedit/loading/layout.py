@@ -39,6 +39,7 @@ __all__ = [
     "check_layout",
     "layout_family",
     "layout_name",
+    "names_flow_scheduler",
     "wanted",
 ]
 
@@ -130,15 +131,17 @@ def layout_family(index: Mapping[str, Any]) -> str:
     return "sdxl" if listed or pipeline.startswith("StableDiffusionXL") else "sd"
 
 
+def names_flow_scheduler(index: Mapping[str, Any]) -> bool:
+    """Whether model_index.json's scheduler is the rectified-flow one (``FLOW_SCHEDULER_CLASS``)."""
+    return listed(index, "scheduler") and index["scheduler"][1] == FLOW_SCHEDULER_CLASS
+
+
 def layout_name(index: Mapping[str, Any]) -> str:
     """The family's name in reports (``FAMILY_NAMES``), with ", rectified-flow UNet" for a UNet directory
     whose scheduler is the flow one."""
     family = layout_family(index)
-    scheduler = index.get("scheduler")
-    flow = (
-        isinstance(scheduler, (list, tuple)) and len(scheduler) == 2 and scheduler[1] == FLOW_SCHEDULER_CLASS
-    )
-    return FAMILY_NAMES[family] + (", rectified-flow UNet" if flow and family in ("sd", "sdxl") else "")
+    flow_unet = family in ("sd", "sdxl") and names_flow_scheduler(index)
+    return FAMILY_NAMES[family] + (", rectified-flow UNet" if flow_unet else "")
 
 
 def listed(index: Mapping[str, Any], component: str) -> bool:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from diffedit.loading.layout import FLOW_SCHEDULER_CLASS
+from diffedit.loading.layout import names_flow_scheduler
 from diffedit.shapes.classify import classify_region, object_pixels
 from diffedit.shapes.scenes import article, eval_scene_seed, sample_scene
 from diffedit.shapes.vocab import BACKGROUND_COLOURS, OBJECT_COLOURS, SHAPES, TEXTURES
@@ -61,13 +61,17 @@ def colours_present(image: Image.Image, min_pixels: int = 20) -> set[str]:
     return {name for name, v in zip(OBJECT_COLOURS, votes, strict=True) if v >= min_pixels}
 
 
+def is_flow_model(model_dir: str | Path) -> bool:
+    """Whether ``model_dir``'s model_index.json names the rectified-flow scheduler."""
+    return names_flow_scheduler(json.loads((Path(model_dir) / "model_index.json").read_text()))
+
+
 def sample(model_dir: str | Path, captions: list[str], seed: int, steps: int, guidance: float) -> list[Any]:
     """Images drawn by the StableDiffusionPipeline of ``model_dir``, one per caption (a flow model's:
     ``sample_flow``)."""
     from diffusers import StableDiffusionPipeline
 
-    index = json.loads((Path(model_dir) / "model_index.json").read_text())
-    if index.get("scheduler", [None, None])[1] == FLOW_SCHEDULER_CLASS:
+    if is_flow_model(model_dir):
         return sample_flow(model_dir, captions, seed, steps, guidance)
 
     pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), safety_checker=None)
@@ -178,8 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model_dir = Path(args.model_dir)
-    index = json.loads((model_dir / "model_index.json").read_text())
-    flow = index.get("scheduler", [None, None])[1] == FLOW_SCHEDULER_CLASS
+    flow = is_flow_model(model_dir)
     captions = check_captions(args.seed)
     images = sample(model_dir, captions, args.seed, args.steps, args.guidance)
     rows = check(captions, images)

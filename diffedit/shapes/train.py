@@ -68,7 +68,7 @@ FLOW_TIME_SCALE = 1000.0
 def flow_scheduler_config(shift: float) -> dict[str, Any]:
     """The scheduler config of a flow-trained shapes model: rectified flow on the shifted grid that its
     training levels follow (``dataset.flow_level``)."""
-    return {"_class_name": FLOW_SCHEDULER_CLASS, "num_train_timesteps": 1000, "shift": shift}
+    return {"_class_name": FLOW_SCHEDULER_CLASS, "num_train_timesteps": int(FLOW_TIME_SCALE), "shift": shift}
 
 
 # --------------------------------------------------------------------------- models
