@@ -7,9 +7,10 @@ on Airflow 2 and 3 alike. (``schedule="@daily"`` differs between them: Airflow 3
 interval whose ``{{ ds }}`` is the day before; the same DAG would write different partitions.)
 
 Each task is a transaction (Airflow's best practice): ``diffedit-batch run`` commits rows atomically,
-writes ``.diffedit/_SUCCESS`` only when the whole partition is done, and a rerun of the same partition resumes
-where a killed or failed attempt stopped (or does nothing if it had finished). So retries are safe
-and ``airflow tasks clear`` redoes nothing that was done; ``--overwrite`` is never used here.
+writes ``_SUCCESS`` (in the state folder ``<parent>/.<name>.diffedit/`` beside the output) only when the
+whole partition is done, and a rerun of the same partition resumes where a killed or failed attempt
+stopped (or does nothing if it had finished). So retries are safe and ``airflow tasks clear`` redoes
+nothing that was done; ``--overwrite`` is never used here.
 
 Exit codes and retries: the tasks run the CLI from Python and map its exit code. 0 succeeds; 1 (the
 run failed: cluster, storage, a stalled run; a rerun resumes) raises an ordinary error, which Airflow
@@ -99,7 +100,11 @@ def diffedit_batch(command: str, data_interval_start: datetime) -> None:
     reason = f": {errors[-1][len('error: ') :]}" if errors else ""
     if code in FINAL:
         # Only a run that finished (4) has written a summary; a configuration or input error has not.
-        see = "the output's .diffedit/summary.json" if code == 4 else "the error above"
+        see = (
+            "summary.json in the output's state folder (.<name>.diffedit/ beside it)"
+            if code == 4
+            else "the error above"
+        )
         raise AirflowFailException(
             f"diffedit-batch {command} for DS={ds} exited {code} ({FINAL[code]}){reason}; a retry would end "
             f"the same way; see {see}"

@@ -144,8 +144,8 @@ def run(
     repair: bool = typer.Option(
         False,
         "--repair",
-        help="Move committed parts that cannot be read (truncated, corrupt) to .diffedit/unreadable/ and "
-        "edit their rows again.",
+        help="Move committed parts that cannot be read (truncated, corrupt) to unreadable/ in the output's "
+        "state folder (.<name>.diffedit/ beside it) and edit their rows again.",
     ),
     verbose: bool = VERBOSE,
     quiet: bool = QUIET,

@@ -8,8 +8,8 @@
    before Ray is started or anything is written (``ConfigError``, ``InputError``, ``StorageError``); a
    finished output (every id committed, ``_SUCCESS`` present, same results hash) is a no-op;
 2. connects to Ray (or starts a local one) and checks that the plan can be scheduled;
-3. takes ownership of the output (``.diffedit/job.json``), removes ``_SUCCESS``, and runs the Ray Data
-   plan on the rows still missing:
+3. takes ownership of the output (``job.json`` in its state folder ``.<name>.diffedit/`` beside it),
+   removes ``_SUCCESS``, and runs the Ray Data plan on the rows still missing:
    ``read_parquet -> repartition -> fetch (tasks) -> edit (actor pool) -> encode (tasks) ->
    repartition (rows_per_file) -> commit``;
 4. removes duplicate ids (only two racing runs can make them), checks that the output holds every
@@ -42,7 +42,7 @@ from pipeline import output as O
 from pipeline import rows as R
 from pipeline import signals
 from pipeline.cluster import LOOPBACK, check_resources, ensure_ray, ray_address  # noqa: F401 (re-exported)
-from pipeline.config import ConfigError, JobConfig, resolve_paths
+from pipeline.config import ConfigError, JobConfig
 from pipeline.faults import (
     RAY_RETRY_PATTERN,
     TransientStorageError,
@@ -54,12 +54,13 @@ from pipeline.faults import (
 from pipeline.lease import Heartbeat, OutputBusy, lease_fields, refuse_if_busy
 from pipeline.manifest import ManifestInfo
 from pipeline.sizing import Geometry, batching
-from pipeline.storage import filesystem, join, redact
+from pipeline.storage import filesystem, redact
 from pipeline.validate import (  # noqa: F401 (InputError, StorageError re-exported)
     InputError,
     Preflight,
     StorageError,
     UnreadableOutput,
+    output_location,
     preflight,
 )
 
@@ -120,23 +121,23 @@ def run_job(
     replaces the old one (the new part is committed first, then ``dedupe`` rewrites the old part
     without it, keeping the ``ok`` / newest copy: a crash in between is repaired by the next run).
 
-    ``repair``: committed parts that cannot be read as Parquet are first moved to
-    ``.diffedit/unreadable/``, so their rows are missing and edited again. Without it such a part stops
-    the run (``UnreadableOutput``, exit 3, naming the files) and ``_SUCCESS`` is removed: the output is
-    no longer complete."""
+    ``repair``: committed parts that cannot be read as Parquet are first moved to ``unreadable/`` in
+    the state folder, so their rows are missing and edited again. Without it such a part stops the run
+    (``UnreadableOutput``, exit 3, naming the files) and ``_SUCCESS`` is removed: the output is no
+    longer complete."""
     started = time.time()
     run_id = new_run_id()
-    resolved = resolve_paths(job)
-    fs, path = filesystem(resolved.output.path, resolved.storage)
+    fs, path = output_location(job)
     try:
-        owner = O.read_json(fs, join(path, O.JOB_FILE))
+        O.adopt_legacy(fs, path)  # an output of an earlier version: its state moves beside the folder
+        owner = O.read_json(fs, O.state(path, O.JOB_FILE))
     except Exception:  # storage trouble: the preflight reports it
         owner = None
     refuse_if_busy(owner, job.output.path)  # another live run on this output: exit 5 at once
     if repair:
         moved = O.set_aside_unreadable(fs, path)
         if moved:
-            shown = join(redact(path), O.UNREADABLE)
+            shown = redact(O.state(path, O.UNREADABLE))
             log.warning("--repair: %d unreadable part(s) moved to %s: %s", len(moved), shown, moved)
         else:
             log.info("--repair: every committed part of %s is readable", redact(path))
@@ -144,7 +145,7 @@ def run_job(
     try:
         pre = preflight(job, overwrite=overwrite, retry_failed=retry_failed, texts_when_complete=False)
     except UnreadableOutput:
-        O.remove(fs, join(path, O.SUCCESS_FILE))  # a sensor must not take this output as complete
+        O.remove(fs, O.state(path, O.SUCCESS_FILE))  # a sensor must not take this output as complete
         raise
     for line in pre.lines:
         if "WARNING" in line:
@@ -152,7 +153,7 @@ def run_job(
     shown_out = redact(job.output.path)
     if pre.complete:
         out_fs, out = filesystem(pre.job.output.path, pre.job.storage)
-        summary = O.read_json(out_fs, join(out, O.SUMMARY_FILE)) or {}
+        summary = O.read_json(out_fs, O.state(out, O.SUMMARY_FILE)) or {}
         message = (
             f"already complete: all {len(pre.input_ids)} rows are in {shown_out} (_SUCCESS present); "
             "nothing to do (--overwrite starts afresh)"
@@ -176,7 +177,7 @@ def run_job(
         log.info("--overwrite: removed %d part(s) and the markers from %s", removed, shown_out)
     O.write_json_atomic(
         out_fs,
-        join(out, O.JOB_FILE),
+        O.state(out, O.JOB_FILE),
         {
             "run_id": run_id,
             "job": job.name,
@@ -214,9 +215,8 @@ def _edit_and_finish(
     input_set = set(input_ids)
     todo = len(input_set - done)
     shown_out = redact(written.output.path)
-    O.remove(out_fs, join(out, O.SUCCESS_FILE))
-    O.remove(out_fs, join(out, O.STAGING), recursive=True)
-    O.remove_legacy(out_fs, out)
+    O.remove(out_fs, O.state(out, O.SUCCESS_FILE))
+    O.remove(out_fs, O.state(out, O.STAGING), recursive=True)
     log.info(
         "run %s of job %s: %d input rows in %d file(s); %d already committed in %s; %d to edit",
         run_id, job.name, len(input_ids), len(manifest.files), len(done), shown_out, todo,
@@ -244,7 +244,7 @@ def _edit_and_finish(
         again = Counter(i for i, r in ids_runs if i in retried)
         replaced = sum(1 for n in again.values() if n > 1)
     removed = O.dedupe(out_fs, out) - replaced
-    O.remove(out_fs, join(out, O.STAGING), recursive=True)
+    O.remove(out_fs, O.state(out, O.STAGING), recursive=True)
     columns = [
         "id",
         "status",
@@ -274,9 +274,9 @@ def _edit_and_finish(
     )  # fmt: skip
     passed = summary["output"]["failed_fraction"] <= job.failure.max_failed_fraction
     summary["status"] = "succeeded" if passed else "failed_policy"
-    O.write_json_atomic(out_fs, join(out, O.SUMMARY_FILE), summary)
+    O.write_json_atomic(out_fs, O.state(out, O.SUMMARY_FILE), summary)
     if passed:
-        O.write_bytes_atomic(out_fs, join(out, O.SUCCESS_FILE), (run_id + "\n").encode())
+        O.write_bytes_atomic(out_fs, O.state(out, O.SUCCESS_FILE), (run_id + "\n").encode())
         message = (
             f"succeeded: {summary['output']['ok']} ok, {summary['output']['failed']} failed, in {shown_out}"
         )
@@ -502,13 +502,13 @@ def _run_plan(
 
 def ownership_lost(out_fs: fsspec.AbstractFileSystem, out: str, run_id: str) -> RuntimeError:
     """The one-line error of a run whose commit found that it no longer owns the output: another run
-    took it over (``OutputBusy``, exit 5), or ``job.json`` is gone, the output deleted or cleared under
-    the run (exit 1: a rerun starts on what is left)."""
-    owner = O.read_json(out_fs, join(out, O.JOB_FILE))
+    took it over (``OutputBusy``, exit 5), or ``job.json`` is gone, the output's state deleted or cleared
+    under the run (exit 1: a rerun starts on what is left)."""
+    owner = O.read_json(out_fs, O.state(out, O.JOB_FILE))
     if owner is None:
         return RuntimeError(
-            f"output {redact(out)}: {O.JOB_FILE} is gone (the output was deleted or cleared while run "
-            f"{run_id} wrote to it); this run stopped committing"
+            f"output {redact(out)}: its {redact(O.state(out, O.JOB_FILE))} is gone (the output's state was "
+            f"deleted or cleared while run {run_id} wrote to it); this run stopped committing"
         )
     return OutputBusy(
         f"output {redact(out)} was taken over by run {owner.get('run_id')} (another run started on it); "
@@ -577,9 +577,9 @@ def build_summary(
     retried: list[str] | None = None,
     config_hash: str | None = None,
 ) -> dict[str, Any]:
-    """The run summary (``.diffedit/summary.json``): counts, throughput, durations, hashes, versions; errors
-    grouped by class (``group_errors``); ``retried``: the ids a ``--retry-failed`` run edited again.
-    ``job`` is the job as written (paths shown as the user wrote them); ``config_hash`` is the hash of the
+    """The run summary (``summary.json`` in the state folder): counts, throughput, durations, hashes,
+    versions; errors grouped by class (``group_errors``); ``retried``: the ids a ``--retry-failed`` run
+    edited again. ``job`` is the job as written (paths shown as the user wrote them); ``config_hash`` is the hash of the
     resolved job that ``validate`` prints and ``job.json`` records (default: ``job``'s)."""
     statuses = final.column("status").to_pylist()
     ok = sum(1 for s in statuses if s == R.OK)

@@ -1,4 +1,5 @@
-"""Who is running on an output now: the owner's lease in ``.diffedit/job.json``.
+"""Who is running on an output now: the owner's lease in ``job.json``, in the state folder
+``<parent>/.<name>.diffedit/`` beside the output folder (``pipeline.output``).
 
 The run that owns an output (``job.json``'s ``run_id``) also records where its driver runs (host
 name, process id) and, every ``HEARTBEAT_S`` seconds, ``heartbeat_at``; when it ends (success,
@@ -30,7 +31,7 @@ from typing import Any
 import fsspec
 
 from pipeline import output as O
-from pipeline.storage import join, redact
+from pipeline.storage import redact
 
 log = logging.getLogger("pipeline")
 
@@ -92,7 +93,7 @@ class Heartbeat:
     ``release()``, which writes ``released_at`` (if it still owns it) when the run ends."""
 
     def __init__(self, fs: fsspec.AbstractFileSystem, out: str, run_id: str, every: float = HEARTBEAT_S):
-        self.fs, self.path, self.run_id, self.every = fs, join(out, O.JOB_FILE), run_id, every
+        self.fs, self.path, self.run_id, self.every = fs, O.state(out, O.JOB_FILE), run_id, every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="diffedit-heartbeat", daemon=True)
 

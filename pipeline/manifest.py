@@ -35,7 +35,7 @@ import pyarrow as pa
 from diffedit.params import EditParams
 from pipeline.config import ConfigError, StorageConfig
 from pipeline.faults import credentials_message, rejected_credentials
-from pipeline.storage import filesystem, parquet_file, redact, scheme_of
+from pipeline.storage import filesystem, is_local_fs, parquet_file, protocol_of, redact, scheme_of
 
 ID, IMAGE, IMAGE_BYTES, CAPTION, QUERY, SEED = "id", "image", "image_bytes", "caption", "query", "seed"
 OVERRIDE_COLUMNS: tuple[str, ...] = EditParams.field_names()
@@ -249,8 +249,7 @@ def duplicate_ids(values: Sequence[str]) -> list[str]:
 
 
 def _display(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+    return path if is_local_fs(fs) else f"{protocol_of(fs)}://{path}"
 
 
 __all__ = [

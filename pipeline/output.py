@@ -1,27 +1,31 @@
-"""The output folder: atomically committed Parquet parts, the run summary and the success marker.
+"""The output folder: atomically committed Parquet parts; the run's state in a hidden folder beside it.
 
-Layout of ``output.path``::
+Layout, for ``output.path`` = ``<parent>/<name>``::
 
-    part-<sha256 of the file's ids>.parquet   committed rows (complete files only): the dataset
-    .diffedit/_SUCCESS                        every input id is committed and the failure policy held
-    .diffedit/job.json                        the run that owns the folder: run id, results hash
-    .diffedit/summary.json                    the last run's summary (written before _SUCCESS)
-    .diffedit/staging/part-<hash>.parquet.<uuid>.tmp   parts being written; never read
-    .diffedit/unreadable/part-<hash>.parquet  corrupt parts set aside by ``run --repair``
+    <parent>/<name>/part-<sha256 of its ids>.parquet   committed rows (complete files only): the dataset
+    <parent>/.<name>.diffedit/_SUCCESS       every input id is committed and the failure policy held
+    <parent>/.<name>.diffedit/job.json       the run that owns the output: run id, results hash, lease
+    <parent>/.<name>.diffedit/summary.json   the last run's summary (written before _SUCCESS)
+    <parent>/.<name>.diffedit/staging/part-<hash>.parquet.<uuid>.tmp   parts being written; never read
+    <parent>/.<name>.diffedit/unreadable/part-<hash>.parquet    corrupt parts set aside by ``--repair``
 
-Only the parts are visible to readers. Everything else lives in the hidden ``.diffedit/`` folder, and a
-staged file's name does not end in ``.parquet``: pyarrow.dataset, pandas, Ray Data, Spark and DuckDB
-skip ``.``-prefixed names (or only glob ``*.parquet``), and Hugging Face ``datasets`` skips hidden files
-and folders, so ``load_dataset("parquet", data_files="<out>/*")`` or ``data_dir="<out>"`` reads exactly
-the committed rows, during a run, after a kill and after success. (A ``_SUCCESS`` file in the folder
-itself, Hadoop's convention, is read by ``datasets`` as a data file and fails the load.)
+The output folder holds the parts and nothing else, at every moment (during a run, after a kill, after
+success), so every reader reads it as given: pyarrow.dataset, pandas, Ray Data, Spark, DuckDB, Hugging
+Face ``datasets`` and polars, whose ``read_parquet(folder)`` lists every file below the folder (hidden
+ones too) and refuses a folder of mixed extensions. (Earlier versions kept the state in ``.diffedit/``
+inside the folder, which polars could not read past; and a ``_SUCCESS`` file among the parts, Hadoop's
+convention, is read by ``datasets`` as a data file and fails the load.) The state folder is hidden, so a
+reader of the *parent* folder (nightly outputs ``edits/<date>/`` read as one dataset) skips it too. It
+lives on the same filesystem as the parts (a sibling, never a mount point apart: ``check_location``), so a
+commit is a rename.
 
 Exactly-once, by construction rather than by Ray Data's checkpointing (which, on Ray 2.60, writes data
 files under their final names, so a reader can see a half-written file, and whose checkpoint filter
 actor reserves a whole CPU, which left a resumed run on a 2-core machine waiting for ever):
 
-* each part is written to ``.diffedit/staging/`` and then renamed into place (a local rename is atomic;
-  on S3 a copy makes the object appear complete or not at all), so a reader never sees a partial file;
+* each part is written to the state folder's ``staging/`` and then renamed into place (a local rename
+  is atomic; on S3 a copy makes the object appear complete or not at all), so a reader never sees a
+  partial file;
 * a part's name is the hash of its ids, so a retried write task rewrites the same file instead of
   adding a second copy;
 * before a run, the ids already committed are read (the ``id`` column only) and their rows are dropped
@@ -41,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import posixpath
 import uuid
 from collections import Counter
@@ -61,21 +66,58 @@ from pipeline.faults import (
     is_transient,
     rejected_credentials,
 )
-from pipeline.storage import join, parquet_bytes, parquet_file, read_parquet, redact
+from pipeline.storage import is_local_fs, join, parquet_bytes, parquet_file, read_parquet, redact
 
 log = logging.getLogger(__name__)
 
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
-#: The hidden folder of everything that is not data; the names below are relative to ``output.path``.
-META_DIR = ".diffedit"
-STAGING = f"{META_DIR}/staging"
-JOB_FILE = f"{META_DIR}/job.json"
-SUMMARY_FILE = f"{META_DIR}/summary.json"
-SUCCESS_FILE = f"{META_DIR}/_SUCCESS"
-UNREADABLE = f"{META_DIR}/unreadable"  # parts set aside by ``run --repair``
-#: What earlier versions wrote directly in the folder (readers tripped on them): removed by every run.
+#: The state folder's name beside the output folder ``<name>``: ``.<name>.diffedit``.
+STATE_SUFFIX = ".diffedit"
+#: The files and folders inside the state folder (``state(out, NAME)`` is a path).
+STAGING = "staging"
+JOB_FILE = "job.json"
+SUMMARY_FILE = "summary.json"
+SUCCESS_FILE = "_SUCCESS"
+UNREADABLE = "unreadable"  # parts set aside by ``run --repair``
+#: What earlier versions wrote inside the folder (readers tripped on them): adopted or removed by a run.
+LEGACY_STATE_DIR = (
+    ".diffedit"  # the state folder of earlier versions, inside the output: ``<out>/.diffedit/``
+)
 LEGACY_FILES = ("_SUCCESS", "_job.json", "_summary.json")
 LEGACY_DIRS = ("_staging",)
+
+
+class OutputLocationError(ValueError):
+    """An output folder whose state folder cannot sit beside it (``state_dir``, ``check_location``)."""
+
+
+def state_dir(out: str) -> str:
+    """The run state's folder of the output folder ``out``: ``<parent>/.<name>.diffedit`` (hidden, beside
+    it). ``OutputLocationError`` for an output with no parent (a bucket's root, ``/``): no place for it."""
+    parent, name = posixpath.split(out.rstrip("/"))
+    if not name or not parent or name in (".", ".."):
+        raise OutputLocationError(
+            f"output {redact(out)} has no parent folder (a bucket's root?): the run's state is kept beside "
+            "the output folder, so write to a folder inside it (e.g. s3://bucket/edits/run1)"
+        )
+    return join(parent, f".{name}{STATE_SUFFIX}")
+
+
+def state(out: str, name: str) -> str:
+    """The path of ``name`` (``JOB_FILE``, ``SUCCESS_FILE``, ...) in the state folder of ``out``."""
+    return join(state_dir(out), name)
+
+
+def check_location(out: str, local: bool) -> None:
+    """Refuse (``OutputLocationError``) an output whose state folder could not sit beside it on the same
+    filesystem: no parent folder, or a local output folder that is a mount point (its sibling would be on
+    the filesystem above it, where a commit's rename becomes a copy)."""
+    state_dir(out)
+    if local and os.path.ismount(out.rstrip("/") or "/"):
+        raise OutputLocationError(
+            f"output {out} is a mount point: the run's state folder {state_dir(out)} would be on another "
+            "filesystem, where a commit is a copy rather than an atomic rename; write to a folder inside it"
+        )
 
 
 class OwnershipLost(RuntimeError):
@@ -181,7 +223,7 @@ def remove(fs: fsspec.AbstractFileSystem, path: str, recursive: bool = False) ->
 
 
 def set_aside_unreadable(fs: fsspec.AbstractFileSystem, out: str) -> list[str]:
-    """Move every committed part that cannot be read as Parquet to ``.diffedit/unreadable/`` (hidden
+    """Move every committed part that cannot be read as Parquet to the state folder's ``unreadable/`` (hidden
     from readers, kept for inspection); the names moved. Their rows are then missing, so the next run
     edits them again."""
     moved = []
@@ -191,29 +233,64 @@ def set_aside_unreadable(fs: fsspec.AbstractFileSystem, out: str) -> list[str]:
         except Exception as exc:
             if not is_corrupt(exc):
                 raise
-            target = join(out, UNREADABLE, posixpath.basename(path))
-            fs.makedirs(join(out, UNREADABLE), exist_ok=True)
+            target = join(state(out, UNREADABLE), posixpath.basename(path))
+            fs.makedirs(state(out, UNREADABLE), exist_ok=True)
             fs.mv(path, target)
             moved.append(posixpath.basename(path))
     return moved
 
 
 def clear_output(fs: fsspec.AbstractFileSystem, out: str) -> int:
-    """Remove what this job writes under ``out`` (parts, staging, markers), nothing else; the number of
-    parts removed."""
+    """Remove what this job writes for ``out`` (its parts, its state folder, what earlier versions left),
+    nothing else; the number of parts removed."""
     parts = part_files(fs, out)
     for path in parts:
         fs.rm(path)
-    remove(fs, join(out, META_DIR), recursive=True)
+    remove(fs, state_dir(out), recursive=True)
     remove_legacy(fs, out)
     return len(parts)
 
 
+def legacy_state(out: str, name: str) -> str:
+    """Where a version that kept its state inside the output folder wrote ``name``: ``<out>/.diffedit/``."""
+    return join(out, LEGACY_STATE_DIR, name)
+
+
+def state_file(fs: fsspec.AbstractFileSystem, out: str, name: str) -> str:
+    """``state(out, name)``, or its place in an earlier version's layout when only that exists: what
+    ``validate`` reads (a run first moves such state with ``adopt_legacy``; validate writes nothing)."""
+    path = state(out, name)
+    if not exists(fs, path) and exists(fs, legacy_state(out, name)):
+        return legacy_state(out, name)
+    return path
+
+
+def adopt_legacy(fs: fsspec.AbstractFileSystem, out: str) -> None:
+    """Bring an output written by an earlier version to this layout, keeping its identity and progress:
+    the state folder it kept inside the output (``<out>/.diffedit/``: job.json, summary.json, _SUCCESS,
+    unreadable/) moves beside it (what the new folder already has wins; staging is dropped), and the
+    markers of still earlier versions among the parts are removed."""
+    old = join(out, LEGACY_STATE_DIR)
+    if exists(fs, old):
+        for name in (JOB_FILE, SUMMARY_FILE, SUCCESS_FILE):
+            if exists(fs, legacy_state(out, name)) and not exists(fs, state(out, name)):
+                fs.makedirs(state_dir(out), exist_ok=True)
+                fs.mv(legacy_state(out, name), state(out, name))
+        if exists(fs, legacy_state(out, UNREADABLE)):
+            for path in fs.find(legacy_state(out, UNREADABLE)):
+                fs.makedirs(state(out, UNREADABLE), exist_ok=True)
+                fs.mv(path, join(state(out, UNREADABLE), posixpath.basename(path)))
+        remove(fs, old, recursive=True)
+        log.info("moved the run state of %s from its earlier place inside the folder to %s", redact(out),
+                 redact(state_dir(out)))  # fmt: skip
+    remove_legacy(fs, out)
+
+
 def remove_legacy(fs: fsspec.AbstractFileSystem, out: str) -> None:
-    """Remove the markers and staging folder that earlier versions wrote among the parts."""
+    """Remove what earlier versions wrote among the parts: markers, staging, the inner state folder."""
     for name in LEGACY_FILES:
         remove(fs, join(out, name))
-    for name in LEGACY_DIRS:
+    for name in (*LEGACY_DIRS, LEGACY_STATE_DIR):
         remove(fs, join(out, name), recursive=True)
 
 
@@ -229,26 +306,30 @@ def part_name(ids: Iterable[str]) -> str:
 def commit_table(
     fs: fsspec.AbstractFileSystem, out: str, table: pa.Table, *, run_id: str | None = None
 ) -> str:
-    """Write ``table`` (output schema) as one part: to ``_staging/``, then renamed into place.
+    """Write ``table`` (output schema) as one part: to the state folder's ``staging/``, then renamed into
+    the output folder (created if a hand deleted it: the rows it held are missing at the end of the run,
+    which the integrity check reports, and a rerun edits them).
 
-    With ``run_id``, the commit happens only while ``_job.json`` still names that run
+    With ``run_id``, the commit happens only while ``job.json`` still names that run
     (``OwnershipLost`` otherwise). Returns the part's path.
     """
     table = table.cast(R.output_schema_with_metadata())
     name = part_name(table.column("id").to_pylist())
-    staging = join(out, STAGING)
+    staging = state(out, STAGING)
     tmp = join(staging, f"{name}.{uuid.uuid4().hex}.tmp")
     fs.makedirs(staging, exist_ok=True)
     with fs.open(tmp, "wb") as f:
         f.write(parquet_bytes(table, compression="zstd"))
     if run_id is not None:
-        owner = (read_json(fs, join(out, JOB_FILE)) or {}).get("run_id")
+        owner = (read_json(fs, state(out, JOB_FILE)) or {}).get("run_id")
         if owner != run_id:
             remove(fs, tmp)
             raise OwnershipLost(
                 f"output {redact(out)} is now owned by run {owner}; run {run_id} stopped committing"
             )
     final = join(out, name)
+    if is_local_fs(fs):  # object stores have no folders to create
+        fs.makedirs(out, exist_ok=True)
     fs.mv(tmp, final)
     return final
 

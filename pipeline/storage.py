@@ -113,6 +113,16 @@ def redact(uri: str) -> str:
     return redact_url(uri, keep_query=False)
 
 
+def protocol_of(fs: fsspec.AbstractFileSystem) -> str:
+    """The main protocol of ``fs`` (``file``, ``s3``, ...)."""
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
+def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is the local disk (folders exist there; a rename is atomic)."""
+    return protocol_of(fs) in ("file", "local")
+
+
 def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> Any:
     """The pyarrow filesystem over ``fs``: Arrow's own ``LocalFileSystem`` for local paths, else
     ``PyFileSystem(FSSpecHandler(fs))``.
@@ -124,8 +134,7 @@ def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> Any:
     """
     import pyarrow.fs as pafs
 
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
+    if is_local_fs(fs):
         return pafs.LocalFileSystem()
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 

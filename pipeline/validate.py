@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
+
 from pipeline import output as O
 from pipeline.config import ConfigError, JobConfig, resolve_paths, scoring_of
 from pipeline.faults import credentials_message, describe, is_transient, rejected_credentials
@@ -30,7 +32,7 @@ from pipeline.identity import ModelSource, identity_difference, inspect_model, r
 from pipeline.images import is_allowed, shown_uri
 from pipeline.manifest import IMAGE, IMAGE_BYTES, ManifestError, ManifestInfo, inspect_manifest
 from pipeline.sizing import batching
-from pipeline.storage import StorageError, filesystem, join, parquet_file, redact
+from pipeline.storage import StorageError, filesystem, is_local_fs, parquet_file, redact
 
 
 class InputError(ValueError):
@@ -61,6 +63,17 @@ class Preflight:
     def input_ids(self) -> list[str]:
         assert self.manifest.ids is not None
         return self.manifest.ids.to_pylist()
+
+
+def output_location(job: JobConfig) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The output's filesystem and path (``job``'s paths resolved), refused (``ConfigError``, exit 2) where
+    the run's state folder cannot sit beside it (``pipeline.output.check_location``)."""
+    out_fs, out = filesystem(resolve_paths(job).output.path, job.storage)
+    try:
+        O.check_location(out, is_local_fs(out_fs))
+    except O.OutputLocationError as exc:
+        raise ConfigError(f"{job.source}: output.path: {exc}") from None
+    return out_fs, out
 
 
 def preflight(
@@ -96,11 +109,11 @@ def preflight(
     lines.append(f"results hash {key[:16]} (model, params, image rules, device/dtype; never paths)")
 
     shown = redact(written.output.path)
+    out_fs, out = output_location(job)
     try:
-        out_fs, out = filesystem(job.output.path, job.storage)
         parts = O.read_parts(out_fs, out, columns=["id", "status"])
-        done = O.exists(out_fs, join(out, O.SUCCESS_FILE))
-        prior = O.read_json(out_fs, join(out, O.JOB_FILE))
+        done = O.exists(out_fs, O.state_file(out_fs, out, O.SUCCESS_FILE))
+        prior = O.read_json(out_fs, O.state_file(out_fs, out, O.JOB_FILE))
     except O.UnreadableParts as exc:
         raise UnreadableOutput(str(exc)) from None
     except (OSError, ValueError) as exc:

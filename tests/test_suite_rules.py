@@ -18,9 +18,6 @@ ALLOWED_SKIPS = {
     "benchmarks/test_quality.py",
     # the readers test (issue 20 item 9) makes its DuckDB/polars branches required
     "pipeline/test_operations.py",
-    # a strict xfail (it fails the day it passes) of the one reader not yet fixed: polars reading the
-    # output folder as given (issue 20 item 9, open)
-    "pipeline/test_reliability_readers.py",
 }
 SKIP = re.compile(r"pytest\.skip\(|importorskip\(|mark\.skipif|mark\.skip\b|mark\.xfail")
 

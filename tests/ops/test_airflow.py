@@ -126,7 +126,7 @@ def test_airflow_dags_test_runs_validate_then_run_on_the_shapes_job(airflow, app
     run_at = log.index(f"DS={partition}: {app / 'diffedit-batch'} run job.yaml")
     assert validate_at < log.index("valid", validate_at) < run_at
     assert f"succeeded: 2 ok, 0 failed, in out/ds={partition}" in log  # the output as the job writes it
-    assert (app / "out" / f"ds={partition}" / ".diffedit" / "_SUCCESS").exists()
+    assert (app / "out" / f".ds={partition}.diffedit" / "_SUCCESS").exists()
 
 
 def test_a_configuration_error_fails_the_dag_run_without_a_retry(airflow, app, tmp_path):

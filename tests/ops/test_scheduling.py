@@ -218,8 +218,6 @@ def test_the_real_cli_under_crons_environment_edits_yesterdays_partition(real_bo
     assert mail(real_box) == "", mail(real_box)
     assert "succeeded: 2 ok, 0 failed" in log, log[-4000:]
     done = [
-        d
-        for d in real_box["days"]
-        if (real_box["app"] / "out" / f"ds={d}" / ".diffedit" / "_SUCCESS").exists()
+        d for d in real_box["days"] if (real_box["app"] / "out" / f".ds={d}.diffedit" / "_SUCCESS").exists()
     ]
     assert len(done) == 1, sorted(p.as_posix() for p in (real_box["app"] / "out").rglob("*"))

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline import output as O
 from pipeline.storage import parquet_bytes, read_parquet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,3 +183,9 @@ def installed_wheel(repo: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     # editable diffedit-batch as already installed): a plain path line, so no editable finder runs
     (site / "shared_dependencies.pth").write_text(shared + "\n")
     return venv, env
+
+
+def state_file(out: Path | str, name: str) -> Path:
+    """``name`` (``_SUCCESS``, ``job.json``, ...) in the state folder of the local output ``out``, the
+    hidden folder beside it (``pipeline.output.state``)."""
+    return Path(O.state(str(out), name))

@@ -7,7 +7,7 @@ import json
 import shutil
 
 from PIL import Image
-from pipeline_testing import COCO, REPO, read_output, s3fs_for, upload_dir
+from pipeline_testing import COCO, REPO, read_output, s3fs_for, state_file, upload_dir
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -34,7 +34,7 @@ def test_demo_job_prepare_run_preview(ray_cluster, tiny_model, tmp_path, monkeyp
     table = read_output(tmp_path / "out" / "shapes_recolor")
     assert table.num_rows == 4 and set(table.column("status").to_pylist()) == {"ok"}
     assert table.column("num_inference_steps").to_pylist() == [50] * 4  # from the shapes-v3 preset
-    assert (tmp_path / "out" / "shapes_recolor" / ".diffedit" / "_SUCCESS").exists()
+    assert state_file(tmp_path / "out" / "shapes_recolor", "_SUCCESS").exists()
 
     again = runner.invoke(app, ["run", job])
     assert again.exit_code == 0 and "already complete" in again.output

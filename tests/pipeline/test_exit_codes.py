@@ -24,6 +24,7 @@ from pipeline_testing import (
     error_lines,
     png_bytes,
     read_output,
+    state_file,
     write_manifest,
 )
 from typer.testing import CliRunner
@@ -104,7 +105,7 @@ def test_a_model_the_actors_cannot_load_exits_1(ray_cluster, tiny_model, tmp_pat
     # the line names the actor's own error (since issue 20 item 5), not Ray's ActorDiedError wrapper
     assert "SafetensorError" in errors[0] and "header" in errors[0], errors[0]
     out = tmp_path / "out"
-    assert not list(out.glob("part-*.parquet")) and not (out / O.SUCCESS_FILE).exists()
+    assert not list(out.glob("part-*.parquet")) and not state_file(out, O.SUCCESS_FILE).exists()
 
 
 #: About a second per row of the tiny model on one thread: a run lasts long enough to act on part-way.
@@ -162,13 +163,13 @@ def _rerun_resumes(job: Path, ray_cluster: str, kept: dict[str, bytes], rows: in
     out = job.parent / "out"
     rerun = CliRunner().invoke(app, ["run", str(job), "--address", ray_cluster])
     assert rerun.exit_code == 0, rerun.output
-    summary = json.loads((out / O.SUMMARY_FILE).read_text())
+    summary = json.loads(state_file(out, O.SUMMARY_FILE).read_text())
     assert summary["this_run"]["rows_already_done"] == len(kept)
     assert summary["this_run"]["rows_edited"] == rows - len(kept)
     assert all((out / name).read_bytes() == data for name, data in kept.items())
     ids = read_output(out).column("id").to_pylist()
     assert sorted(ids) == [f"row-{i:02d}" for i in range(rows)]
-    assert (out / O.SUCCESS_FILE).exists()
+    assert state_file(out, O.SUCCESS_FILE).exists()
 
 
 @pytest.mark.slow
@@ -199,14 +200,14 @@ def test_an_actor_that_dies_mid_run_loses_no_row_and_duplicates_none(ray_cluster
     if driver.returncode == 1:
         errors = error_lines(output)
         assert len(errors) == 1 and errors[0].endswith("; a rerun resumes"), output[-4000:]
-        assert not (out / O.SUCCESS_FILE).exists()
+        assert not state_file(out, O.SUCCESS_FILE).exists()
         _rerun_resumes(job, ray_cluster, _committed(out), rows)
         return
-    summary = json.loads((out / O.SUMMARY_FILE).read_text())
+    summary = json.loads(state_file(out, O.SUMMARY_FILE).read_text())
     assert summary["output"]["ok"] == rows and summary["output"]["duplicates_removed"] == 0
     ids = read_output(out).column("id").to_pylist()
     assert sorted(ids) == [f"row-{i:02d}" for i in range(rows)]
-    assert (out / O.SUCCESS_FILE).exists()
+    assert state_file(out, O.SUCCESS_FILE).exists()
 
 
 @pytest.mark.slow
@@ -232,7 +233,7 @@ def test_a_failed_integrity_check_exits_1_and_the_rerun_repairs_it(ray_cluster, 
     assert len(errors) == 1, output[-4000:]
     assert errors[0].startswith(f"error: run failed: RuntimeError: integrity check failed for {out}: ")
     assert "1 input id(s) missing" in errors[0] and "0 duplicated" in errors[0]
-    assert not (out / O.SUMMARY_FILE).exists() and not (out / O.SUCCESS_FILE).exists()
+    assert not state_file(out, O.SUMMARY_FILE).exists() and not state_file(out, O.SUCCESS_FILE).exists()
     kept = _committed(out)
     assert len(kept) == rows - 1
     _rerun_resumes(job, ray_cluster, kept, rows)
@@ -338,15 +339,15 @@ def test_sigterm_stops_the_run_cleanly_with_exit_143(ray_cluster, tiny_model, tm
     assert "terminated: SIGTERM received; Ray shut down" in stderr
     for noise in ("Stack trace", "*** SIGTERM", "terminate called", "Traceback", "ERROR", "\x1b["):
         assert noise not in stderr, stderr[-4000:]
-    assert not (out / O.SUCCESS_FILE).exists()
+    assert not state_file(out, O.SUCCESS_FILE).exists()
     kept = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
     assert 1 <= len(kept) < 12
-    first_run = json.loads((out / O.JOB_FILE).read_text())["run_id"]
+    first_run = json.loads(state_file(out, O.JOB_FILE).read_text())["run_id"]
 
     # the retry (Airflow's, cron's next night): resumes
     rerun = CliRunner().invoke(app, ["run", str(tmp_path / "job.yaml"), "--address", ray_cluster])
     assert rerun.exit_code == 0, rerun.output
-    summary = json.loads((out / O.SUMMARY_FILE).read_text())
+    summary = json.loads(state_file(out, O.SUMMARY_FILE).read_text())
     assert summary["this_run"]["rows_already_done"] == len(kept)
     assert summary["this_run"]["rows_edited"] == 12 - len(kept)
     assert all((out / name).read_bytes() == data for name, data in kept.items())
@@ -354,4 +355,4 @@ def test_sigterm_stops_the_run_cleanly_with_exit_143(ray_cluster, tiny_model, tm
     assert sorted(table.column("id").to_pylist()) == [f"row-{i:02d}" for i in range(12)]
     assert set(table.column("status").to_pylist()) == {"ok"}
     assert table.column("run_id").to_pylist().count(first_run) == len(kept)
-    assert (out / O.SUCCESS_FILE).exists()
+    assert state_file(out, O.SUCCESS_FILE).exists()

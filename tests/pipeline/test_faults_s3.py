@@ -107,7 +107,7 @@ def committed_rows(stage: str, tmp_path: Path, endpoint: str) -> list[dict]:
     return table.select(["id", "status", "error"]).to_pylist() if table.num_rows else []
 
 
-PATTERNS = {"fetch": rf"(HEAD|GET) /{BUCKET}/images/", "commit": rf"PUT /{BUCKET}/out/\.diffedit/staging/"}
+PATTERNS = {"fetch": rf"(HEAD|GET) /{BUCKET}/images/", "commit": rf"PUT /{BUCKET}/\.out\.diffedit/staging/"}
 
 CASES = [
     # in the default suite: the two faults of the issue (endpoint down during fetch; a blip on commit)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from pipeline_testing import REPO, png_bytes, read_output, write_manifest
+from pipeline_testing import REPO, png_bytes, read_output, state_file, write_manifest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -94,5 +94,5 @@ def test_ray_job_edits_with_tiny_flow_models(ray_cluster, tiny_dirs, tmp_path, m
     # mask 2 x 2 draws + encode floor(0.8 x 6) = 4 + decode 4 (x2 with CFG: SD3's 4.5, the shapes model's 5;
     # FLUX-dev: 1) + the alignment score's 2 levels x 2 texts on the input and on the edit (diffedit.scores)
     assert set(evals) == {4 + 4 + (4 if family == "flux" else 8) + 8}
-    job_json = json.loads((tmp_path / "out" / ".diffedit" / "job.json").read_text())
+    job_json = json.loads(state_file(tmp_path / "out", "job.json").read_text())
     assert job_json["results_identity"]["family"] == NAMES[family]

@@ -13,6 +13,7 @@ from PIL import Image
 from pipeline_testing import FAST_PARAMS, png_bytes, read_output, s3fs_for, upload_dir, write_manifest
 from typer.testing import CliRunner
 
+from pipeline import output as O
 from pipeline import rows as R
 from pipeline.cli import app
 
@@ -138,16 +139,18 @@ def test_mixed_rows_on_s3_end_to_end(s3, ray_cluster, tiny_model, tmp_path, monk
     assert by_id["good-0"]["guidance_scale"] == 7.5
     assert by_id["good-1"]["caption"] == ""
     # credentials never reach the output or its metadata
-    assert b"testing" not in b"".join(fs.cat(f) for f in fs.find(out))  # parts and .diffedit/
+    written = fs.find(out) + fs.find(O.state_dir(out))  # the parts and the run's state
+    assert any(f.endswith("/job.json") for f in written)
+    assert b"testing" not in b"".join(fs.cat(f) for f in written)
 
-    summary = json.loads(fs.cat(f"{out}/.diffedit/summary.json"))
+    summary = json.loads(fs.cat(O.state(out, "summary.json")))
     assert summary["status"] == "succeeded"
     assert (
         summary["output"]["rows"] == 14 and summary["output"]["ok"] == 6 and summary["output"]["failed"] == 8
     )
     assert summary["this_run"]["rows_edited"] == 14 and summary["this_run"]["rows_per_second"] > 0
     assert summary["config_hash"] and summary["errors"]
-    assert fs.exists(f"{out}/.diffedit/_SUCCESS")
+    assert fs.exists(O.state(out, "_SUCCESS"))
     assert len([f for f in fs.ls(out, detail=False) if "/part-" in f]) == summary["output"]["parts"] >= 5
 
     # a rerun is a no-op that says so
@@ -156,14 +159,14 @@ def test_mixed_rows_on_s3_end_to_end(s3, ray_cluster, tiny_model, tmp_path, monk
     assert "already complete: all 14 rows" in again.output
 
     # the failure policy: 8 of 14 failed is above 10% -> exit 4, no _SUCCESS (nothing re-edited)
-    fs.rm(f"{out}/.diffedit/_SUCCESS")
+    fs.rm(O.state(out, "_SUCCESS"))
     monkeypatch.setenv("MAX_FAILED", "0.1")
     strict = runner.invoke(app, ["run", str(job)])
     assert strict.exit_code == 4, strict.output
     assert "8 of 14 rows failed (57.1% > failure.max_failed_fraction 10.0%)" in strict.output
     fs.invalidate_cache()
-    assert not fs.exists(f"{out}/.diffedit/_SUCCESS")
-    assert json.loads(fs.cat(f"{out}/.diffedit/summary.json"))["status"] == "failed_policy"
+    assert not fs.exists(O.state(out, "_SUCCESS"))
+    assert json.loads(fs.cat(O.state(out, "summary.json")))["status"] == "failed_policy"
     assert sorted(read_output(out, fs).column("id").to_pylist()) == sorted(EXPECTED)
 
 

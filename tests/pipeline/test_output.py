@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import fsspec
 import pyarrow as pa
@@ -31,13 +32,13 @@ def test_parts_are_named_by_their_ids_and_rewrites_are_idempotent(fs, tmp_path):
     again = O.commit_table(fs, out, table(["a", "b"]))
     assert first == again and O.part_files(fs, out) == [first]
     assert first.endswith(O.part_name(["a", "b"]))
-    assert fs.ls(f"{out}/{O.STAGING}", detail=False) == []  # nothing left behind
+    assert fs.ls(O.state(out, O.STAGING), detail=False) == []  # nothing left behind
     assert pq.read_table(first).column("id").to_pylist() == ["a", "b"]  # the retry replaced it
 
 
 def test_a_writer_that_lost_ownership_commits_nothing(fs, tmp_path):
     out = str(tmp_path / "out")
-    O.write_json_atomic(fs, f"{out}/{O.JOB_FILE}", {"run_id": "new"})
+    O.write_json_atomic(fs, O.state(out, O.JOB_FILE), {"run_id": "new"})
     with pytest.raises(O.OwnershipLost, match="owned by run new"):
         O.commit_table(fs, out, table(["a"]), run_id="old")
     assert O.part_files(fs, out) == []
@@ -68,10 +69,30 @@ def test_dedupe_keeps_one_copy_of_each_id(fs, tmp_path):
 def test_clear_output_removes_only_what_the_job_wrote(fs, tmp_path):
     out = tmp_path / "out"
     O.commit_table(fs, str(out), table(["a"]))
-    for name in (O.SUCCESS_FILE, O.SUMMARY_FILE, O.JOB_FILE, "notes.txt"):
-        (out / name).write_text("x")
+    for name in (O.SUCCESS_FILE, O.SUMMARY_FILE, O.JOB_FILE):
+        Path(O.state(str(out), name)).write_text("x")
+    (out / "notes.txt").write_text("x")  # not the job's
+    (tmp_path / "other").mkdir()  # a sibling of the output, not the job's either
+    for legacy in ("_SUCCESS", ".diffedit/job.json", "_staging/x.tmp"):  # what earlier versions wrote
+        (out / legacy).parent.mkdir(exist_ok=True)
+        (out / legacy).write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.diffedit", "other", "out"]
     assert O.clear_output(fs, str(out)) == 1
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "out"]
+
+
+def test_the_state_folder_is_a_hidden_sibling_and_an_output_needs_a_parent(tmp_path):
+    """The run's state sits beside the output folder, hidden (issue 20 item 9: readers that list every
+    file below the folder, polars, read only parts); an output with no parent folder is refused."""
+    assert O.state_dir("bucket/edits/ds=2026-12-03/") == "bucket/edits/.ds=2026-12-03.diffedit"
+    assert O.state("/data/out", O.SUCCESS_FILE) == "/data/.out.diffedit/_SUCCESS"
+    for root in ("bucket", "bucket/", "/"):
+        with pytest.raises(O.OutputLocationError, match="no parent folder"):
+            O.state_dir(root)
+    O.check_location(str(tmp_path / "out"), True)  # a plain folder (existing or not) is fine
+    with pytest.raises(O.OutputLocationError, match="is a mount point"):
+        O.check_location("/proc", True)  # its sibling /.proc.diffedit would be on another filesystem
 
 
 def test_parts_carry_huggingface_image_features(fs, tmp_path):

@@ -15,6 +15,7 @@ from pipeline_testing import (
     make_checkout,
     png_bytes,
     read_output,
+    state_file,
     write_manifest,
 )
 from typer.testing import CliRunner
@@ -112,7 +113,26 @@ def test_a_hub_repository_is_pinned_to_the_commit_of_its_cached_snapshot(
     )
     ran = CliRunner().invoke(app, ["run", "job.yaml", "--address", ray_cluster])
     assert ran.exit_code == 0, ran.output
-    identity = json.loads((tmp_path / "out" / O.JOB_FILE).read_text())["results_identity"]
+    identity = json.loads(state_file(tmp_path / "out", O.JOB_FILE).read_text())["results_identity"]
     assert identity["model"] == {"kind": "hub", "repo": "someorg/tiny-sd", "commit": commit}
     row = read_output(tmp_path / "out").to_pylist()[0]
     assert row["status"] == "ok" and row["model"] == "hf://someorg/tiny-sd"
+
+
+def test_an_output_whose_state_cannot_sit_beside_it_is_refused(tiny_model, tmp_path, monkeypatch):
+    """The run's state lives beside the output folder (``<parent>/.<name>.diffedit/``): an output with no
+    parent folder (``/``; a bucket's root alike) or a local mount point (its sibling on another
+    filesystem, where a commit is a copy) is a configuration error, exit 2, before anything is written."""
+    checkout = make_checkout(tmp_path / "checkout", tiny_model, rows=2)
+    monkeypatch.chdir(checkout)
+    for output, reason in (("/", "has no parent folder"), ("/proc", "is a mount point")):
+        job = checkout / "jobs" / "placed.yaml"
+        job.write_text(
+            "presets: [models/shapes-v3, compute/cpu]\n"
+            f"input: {{paths: ['{checkout / 'data' / 'shapes_manifest'}']}}\noutput: {{path: '{output}'}}\n"
+        )
+        for command in ("validate", "run"):
+            result = CliRunner().invoke(app, [command, str(job)])
+            assert result.exit_code == 2, (output, command, result.output)
+            assert f"jobs/placed.yaml: output.path: output {output} {reason}" in result.output
+    assert not list(tmp_path.rglob("*.diffedit"))  # nothing written anywhere

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from pipeline_testing import REPO, png_bytes, read_output, write_manifest
+from pipeline_testing import REPO, png_bytes, read_output, state_file, write_manifest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -122,14 +122,14 @@ failure: {{max_failed_fraction: 0.0}}
     # (at most a part or so) are committed. Before the fix, nothing was: every part landed after the
     # 24th row, in the run's last seconds.
     assert done >= 2 * PER_FILE, (edited, parts)
-    assert not (out / ".diffedit" / "_SUCCESS").exists()
+    assert not state_file(out, "_SUCCESS").exists()
 
     result = CliRunner().invoke(app, ["run", str(job), "--address", ray_cluster])
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / ".diffedit" / "summary.json").read_text())
+    summary = json.loads(state_file(out, "summary.json").read_text())
     assert summary["this_run"]["rows_already_done"] == done
     assert summary["this_run"]["rows_edited"] == ROWS - done  # only the rows not committed
     table = read_output(out)
     assert sorted(table.column("id").to_pylist()) == ids  # every id exactly once
     assert set(table.column("status").to_pylist()) == {"ok"}
-    assert (out / ".diffedit" / "_SUCCESS").exists()
+    assert state_file(out, "_SUCCESS").exists()

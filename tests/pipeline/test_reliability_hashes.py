@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 
-from pipeline_testing import FAST_PARAMS, png_bytes, write_manifest
+from pipeline_testing import FAST_PARAMS, png_bytes, state_file, write_manifest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -30,8 +30,8 @@ def test_validate_job_json_and_summary_agree_on_the_config_hash(
 
     result = CliRunner().invoke(app, ["run", "job.yaml", "--address", ray_cluster])
     assert result.exit_code == 0, result.output
-    owner = json.loads((tmp_path / "out" / ".diffedit" / "job.json").read_text())["config_hash"]
-    summary = json.loads((tmp_path / "out" / ".diffedit" / "summary.json").read_text())["config_hash"]
+    owner = json.loads(state_file(tmp_path / "out", "job.json").read_text())["config_hash"]
+    summary = json.loads(state_file(tmp_path / "out", "summary.json").read_text())["config_hash"]
     assert owner == summary
     assert summary.startswith(shown)
     # the end-of-run table shows the same one (its key column is as wide as its longest key)

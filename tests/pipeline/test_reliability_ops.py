@@ -77,7 +77,10 @@ def test_a_configuration_error_fails_the_task_with_the_clis_reason(dag_module, m
         "error: config: jobs/x.yaml: output: duplicate key (line 5; first at line 2)"
     ]
     monkeypatch.setenv("CODE", "4")  # a finished run with too many failed rows: its summary exists
-    with pytest.raises(AirflowFailException, match=r"see the output's \.diffedit/summary\.json"):
+    with pytest.raises(
+        AirflowFailException,
+        match=r"see summary\.json in the output's state folder \(\.<name>\.diffedit/ beside it\)",
+    ):
         dag_module.diffedit_batch("run", datetime(2024, 6, 1))
     monkeypatch.setenv("CODE", "1")
     with pytest.raises(RuntimeError, match=r"exited 1: config: .*; a retry resumes"):

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_testing import REPO, png_bytes, read_output, write_manifest
+from pipeline_testing import REPO, png_bytes, read_output, state_file, write_manifest
 from typer.testing import CliRunner
 
 from pipeline.cli import _cause, app
@@ -72,7 +72,7 @@ def make_job(tmp_path: Path, tiny_model: Path, steps: int = 12) -> tuple[Path, P
 
 def owner(out: Path) -> dict | None:
     try:
-        return json.loads((out / ".diffedit" / "job.json").read_text())
+        return json.loads(state_file(out, "job.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
@@ -120,7 +120,7 @@ def test_a_run_that_loses_its_output_ends_with_one_line(ray_cluster, tiny_model,
 
     def tamper() -> None:
         wait_for(lambda: any(out.glob("part-*.parquet")), "the first part")
-        path = out / ".diffedit" / "job.json"
+        path = state_file(out, "job.json")
         if change == "taken_over":  # what a racing second run's job.json looks like
             path.write_text(json.dumps({**owner(out), "run_id": "20990101T000000Z-other", "pid": 0}))
         else:
@@ -138,4 +138,4 @@ def test_a_run_that_loses_its_output_ends_with_one_line(ray_cluster, tiny_model,
         assert "was taken over by run 20990101T000000Z-other" in errors[0]
     else:
         assert result.exit_code == 1, result.output
-        assert ".diffedit/job.json is gone" in errors[0]
+        assert f"its {state_file(out, 'job.json')} is gone" in errors[0]

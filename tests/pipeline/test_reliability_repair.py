@@ -1,7 +1,7 @@
 """Issue 20, item 3: a committed part that cannot be read (truncated, garbage, a broken footer) stops
 ``validate`` and ``run`` with exit 3 naming the file (not exit 1 "a rerun resumes" for ever), ``run``
 removes ``_SUCCESS`` (the output is no longer complete), and ``run --repair`` sets the part aside in
-``.diffedit/unreadable/`` and edits its rows again."""
+``unreadable/`` in the state folder beside the output and edits its rows again."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from pipeline_testing import FAST_PARAMS, png_bytes, read_output, write_manifest
+from pipeline_testing import FAST_PARAMS, png_bytes, read_output, state_file, write_manifest
 from typer.testing import CliRunner
 
 from pipeline import output as O
@@ -44,8 +44,8 @@ def finished(tmp_path: Path, tiny_model: Path) -> dict:
         O.commit_table(fs, str(out), R.table_from_rows([{"id": i, "status": R.OK, "run_id": "r"} for i in pair], R.OUTPUT_SCHEMA))
         for pair in (IDS[0:2], IDS[2:4], IDS[4:6])
     ]  # fmt: skip
-    (out / ".diffedit").mkdir(exist_ok=True)
-    (out / ".diffedit" / "_SUCCESS").write_text("r\n")
+    state_file(out, "_SUCCESS").parent.mkdir(exist_ok=True)
+    state_file(out, "_SUCCESS").write_text("r\n")
     params = ", ".join(f"{k}: {v}" for k, v in FAST_PARAMS.items())
     job = tmp_path / "job.yaml"
     job.write_text(
@@ -65,7 +65,7 @@ def test_an_unreadable_part_is_named_and_set_aside(finished, how):
     assert info.value.paths == (str(bad),)
     assert bad.name in str(info.value) and "--repair" in str(info.value)
     assert O.set_aside_unreadable(fs, path) == [bad.name]
-    assert (out / O.UNREADABLE / bad.name).read_bytes()  # kept for inspection, hidden from readers
+    assert (state_file(out, O.UNREADABLE) / bad.name).read_bytes()  # kept for inspection, hidden from readers
     assert sorted(O.read_parts(fs, path, columns=["id"]).column("id").to_pylist()) == IDS[:2] + IDS[4:]
 
 
@@ -75,11 +75,11 @@ def test_validate_and_run_exit_3_naming_the_file_and_run_removes_success(finishe
     checked = CliRunner().invoke(app, ["validate", str(finished["job"])])
     assert checked.exit_code == 3, checked.output
     assert bad.name in checked.output and "--repair" in checked.output
-    assert (finished["out"] / ".diffedit" / "_SUCCESS").exists()  # validate writes nothing
+    assert state_file(finished["out"], "_SUCCESS").exists()  # validate writes nothing
     ran = CliRunner().invoke(app, ["run", str(finished["job"])])
     assert ran.exit_code == 3, ran.output
     assert bad.name in ran.output and "a rerun resumes" not in ran.output
-    assert not (finished["out"] / ".diffedit" / "_SUCCESS").exists()  # no longer complete
+    assert not state_file(finished["out"], "_SUCCESS").exists()  # no longer complete
 
 
 def test_run_repair_edits_the_rows_of_the_unreadable_part_again(finished, ray_cluster):
@@ -88,9 +88,9 @@ def test_run_repair_edits_the_rows_of_the_unreadable_part_again(finished, ray_cl
     result = CliRunner().invoke(app, ["run", str(finished["job"]), "--repair", "--address", ray_cluster])
     assert result.exit_code == 0, result.output
     out = finished["out"]
-    assert (out / O.UNREADABLE / bad.name).exists()  # the corrupt copy, set aside
+    assert (state_file(out, O.UNREADABLE) / bad.name).exists()  # the corrupt copy, set aside
     assert sorted(pq.read_table(bad).column("id").to_pylist()) == IDS[2:4]  # a new part, same ids: same name
-    summary = json.loads((out / ".diffedit" / "summary.json").read_text())
+    summary = json.loads(state_file(out, "summary.json").read_text())
     assert summary["this_run"]["rows_edited"] == 2 and summary["this_run"]["rows_already_done"] == 4
     table = read_output(out)
     assert sorted(table.column("id").to_pylist()) == IDS  # every id exactly once
@@ -98,4 +98,4 @@ def test_run_repair_edits_the_rows_of_the_unreadable_part_again(finished, ray_cl
             if r == summary["run_id"]]  # fmt: skip
     assert sorted(mine) == IDS[2:4]  # the rows of the unreadable part, edited again
     assert all(pq.read_metadata(p).num_rows == 2 for p in out.glob("part-*.parquet"))
-    assert (out / ".diffedit" / "_SUCCESS").exists()
+    assert state_file(out, "_SUCCESS").exists()

@@ -10,6 +10,7 @@ from pipeline_testing import (
     CHECKOUT_ROWS,
     read_output,
     snapshot,
+    state_file,
 )
 from typer.testing import CliRunner
 
@@ -27,14 +28,14 @@ def test_validate_agrees_with_run_on_a_finished_output(finished, monkeypatch):
     assert "another configuration" not in checked.output
     ran = CliRunner().invoke(app, ["run", "jobs/shapes_recolor.yaml"])
     assert ran.exit_code == 0 and "already complete" in ran.output
-    job = json.loads((finished / "out" / "shapes_recolor" / O.JOB_FILE).read_text())
+    job = json.loads(state_file(finished / "out" / "shapes_recolor", O.JOB_FILE).read_text())
     assert job["results_hash"][:16] in checked.output  # the hash validate computed is the one run wrote
 
 
 def test_the_model_column_shows_the_source_as_written(finished):
     table = read_output(finished / "out" / "shapes_recolor")
     assert table.column("model").to_pylist() == ["models/shapes-v3"] * CHECKOUT_ROWS
-    summary = json.loads((finished / "out" / "shapes_recolor" / O.SUMMARY_FILE).read_text())
+    summary = json.loads(state_file(finished / "out" / "shapes_recolor", O.SUMMARY_FILE).read_text())
     assert summary["model"] == "models/shapes-v3"
 
 

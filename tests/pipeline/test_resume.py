@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from pipeline_testing import REPO, png_bytes, read_output, write_manifest
+from pipeline_testing import REPO, png_bytes, read_output, state_file, write_manifest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -69,16 +69,16 @@ failure: {{max_failed_fraction: 0.0}}
     assert 2 <= len(before) < ROWS, "the kill should land part-way"
     for name in before:
         assert pq.read_table(out / name).num_rows == 1  # every visible part is a complete Parquet file
-    assert not (out / ".diffedit" / "_SUCCESS").exists()
-    first_run = json.loads((out / ".diffedit" / "job.json").read_text())["run_id"]
+    assert not state_file(out, "_SUCCESS").exists()
+    first_run = json.loads(state_file(out, "job.json").read_text())["run_id"]
 
     result = CliRunner().invoke(app, ["run", str(job), "--address", ray_cluster])
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / ".diffedit" / "summary.json").read_text())
+    summary = json.loads(state_file(out, "summary.json").read_text())
     done_before = summary["this_run"]["rows_already_done"]
     assert done_before >= len(before)
     assert summary["this_run"]["rows_edited"] == ROWS - done_before  # only the missing rows
-    assert (out / ".diffedit" / "_SUCCESS").exists()
+    assert state_file(out, "_SUCCESS").exists()
 
     table = read_output(out)
     ids = table.column("id").to_pylist()
@@ -88,7 +88,7 @@ failure: {{max_failed_fraction: 0.0}}
     assert runs.count(first_run) == done_before and runs.count(summary["run_id"]) == ROWS - done_before
     for name, data in before.items():  # rows committed before the kill were not redone
         assert (out / name).read_bytes() == data
-    assert not list(out.glob(".diffedit/staging/*"))
+    assert not list(state_file(out, "staging").glob("*"))
     print(
         f"killed after {len(before)} committed rows; rerun skipped {done_before}, edited {ROWS - done_before}"
     )
@@ -96,6 +96,6 @@ failure: {{max_failed_fraction: 0.0}}
     # --overwrite starts afresh
     again = CliRunner().invoke(app, ["run", str(job), "--address", ray_cluster, "--overwrite"])
     assert again.exit_code == 0, again.output
-    summary = json.loads((out / ".diffedit" / "summary.json").read_text())
+    summary = json.loads(state_file(out, "summary.json").read_text())
     assert summary["this_run"]["rows_edited"] == ROWS and summary["this_run"]["rows_already_done"] == 0
     assert sorted(read_output(out).column("id").to_pylist()) == sorted(ids)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import fsspec
 import pyarrow as pa
-from pipeline_testing import png_bytes, read_output, write_manifest
+from pipeline_testing import png_bytes, read_output, state_file, write_manifest
 from typer.testing import CliRunner
 
 from pipeline import output as O
@@ -90,7 +90,7 @@ failure: {{max_failed_fraction: 0.5}}
         "row-4": "failed",
         "row-5": "ok",
     }
-    summary = json.loads((out / ".diffedit" / "summary.json").read_text())
+    summary = json.loads(state_file(out, "summary.json").read_text())
     assert summary["output"]["unchanged"] == 1 and summary["output"]["truncated"] == 1
     assert [(g["class"], g["count"]) for g in summary["errors"]] == [
         ("image <path> not found", 1),
@@ -108,7 +108,7 @@ failure: {{max_failed_fraction: 0.5}}
     )
     assert retried.exit_code == 0, retried.output
     assert "retried (failed before)  2 (2 ok now)" in retried.output
-    summary = json.loads((out / ".diffedit" / "summary.json").read_text())
+    summary = json.loads(state_file(out, "summary.json").read_text())
     assert summary["this_run"]["rows_retried"] == 2 and summary["this_run"]["rows_retried_ok"] == 2
     assert summary["this_run"]["rows_edited"] == 2 and summary["this_run"]["rows_already_done"] == 4
     assert summary["output"]["duplicates_removed"] == 0
@@ -121,7 +121,7 @@ failure: {{max_failed_fraction: 0.5}}
     untouched = [name for name, data in before.items() if after.get(name) == data]
     rows_untouched = sum(len(read_output_part(out / n)) for n in untouched)
     assert rows_untouched >= 1  # parts holding only ok rows were not rewritten
-    assert not list(out.glob(".diffedit/staging/*"))
+    assert not list(state_file(out, "staging").glob("*"))
 
 
 def read_output_part(path: Path) -> list:

@@ -10,7 +10,7 @@ import json
 
 import pytest
 from PIL import Image
-from pipeline_testing import REPO, read_output, write_manifest
+from pipeline_testing import REPO, read_output, state_file, write_manifest
 from typer.testing import CliRunner
 
 from diffedit.clip import CLIP_SCORE_NAMES
@@ -107,7 +107,7 @@ def test_every_ok_row_is_scored_selected_and_filtered(run):
     kept = sum(r["keep"] for r in out)
     assert 0 < kept < len(out), [r["reject_reason"] for r in out]  # both branches seen
 
-    summary = json.loads((run["root"] / "out" / ".diffedit" / "summary.json").read_text())
+    summary = json.loads(state_file(run["root"] / "out", "summary.json").read_text())
     data = summary["dataset"]
     assert (data["ok"], data["kept"]) == (len(out), kept) and data["yield"] == pytest.approx(kept / len(out))
     rejected = [r for r in out if not r["keep"]]
@@ -120,7 +120,7 @@ def test_every_ok_row_is_scored_selected_and_filtered(run):
     assert data["scores"]["score_alignment"]["max"] == alignment[-1]
     assert f"{kept} of {len(out)} ok" in run["run"].output  # the end-of-run table
     # the CLIP model enters the results identity by its content, never its path
-    identity = json.loads((run["root"] / "out" / ".diffedit" / "job.json").read_text())["results_identity"]
+    identity = json.loads(state_file(run["root"] / "out", "job.json").read_text())["results_identity"]
     assert set(identity["scoring"]["clip_model"]) == {"sha256"}
     assert str(run["root"]) not in json.dumps(identity)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from pipeline_testing import png_bytes, read_output, write_manifest
+from pipeline_testing import png_bytes, read_output, state_file, write_manifest
 from typer.testing import CliRunner
 
 from diffedit.loading import load_bundle
@@ -82,7 +82,7 @@ def test_ray_job_edits_with_tiny_sdxl_loaded_by_hub_id_offline(ray_cluster, tiny
     assert set(table.column("model").to_pylist()) == {"hf://org/tiny-sdxl"}  # as written
     assert set(table.column("model_weights_sha256").to_pylist()) == {load_bundle(str(tiny_sdxl)).weights_hash}
     assert set(table.column("guidance_scale").to_pylist()) == {5.0}  # from the sdxl preset
-    summary = json.loads((tmp_path / "out" / ".diffedit" / "summary.json").read_text())
+    summary = json.loads(state_file(tmp_path / "out", "summary.json").read_text())
     assert summary["this_run"]["rows_edited"] == 3
 
 

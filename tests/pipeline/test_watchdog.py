@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from pipeline_testing import write_job
+from pipeline_testing import state_file, write_job
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -139,7 +139,7 @@ def test_resources_that_never_come_end_the_run_with_exit_1(ray_cluster, tiny_mod
     assert len(error) == 1 and "Stalled: no model actor became ready within" in error[0], result.output
     assert "actor_startup_timeout_s = 8 s" in error[0]
     assert 8 <= took < 600  # ends by the timeout, not never (generous: a cold actor start under load)
-    assert not (tmp_path / "out" / ".diffedit" / "_SUCCESS").exists()
+    assert not state_file(tmp_path / "out", "_SUCCESS").exists()
     # The cluster is usable again: the job now finishes (with time for a cold actor start: spawning a
     # worker and importing torch takes more than 8 s on a busy 2-core machine).
     job.write_text(job.read_text().replace("actor_startup_timeout_s: 8", "actor_startup_timeout_s: 600"))
