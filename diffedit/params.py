@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args, get_type_hints
 
+from diffedit import strict
+
 EncodeConditioning = Literal["unconditional", "caption"]
 EncodeMethod = Literal["ddim", "noise"]
 MaskCover = Literal["difference", "union"]
@@ -124,7 +126,7 @@ class EditParams:
             raise ValueError(f"{source}: unknown DiffEdit parameter(s) {unknown}; known: {sorted(known)}")
         values = (base or cls()).to_dict()
         for key, value in data.items():
-            values[key] = _coerce(key, value, hints[key], source)
+            values[key] = strict.coerce(value, hints[key], f"{source}: {key}")  # the one coercion
         try:
             return cls(**values)
         except ValueError as exc:
@@ -146,28 +148,3 @@ PAPER_MASK: dict[str, Any] = {
     "mask_fill_holes": False,
     "mask_dilation": 0,
 }
-
-
-def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
-    """Check ``value`` against the field type; return it as that type."""
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"{source}: {key} must be true or false, got {type(value).__name__} {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{source}: {key} must be an integer, got {type(value).__name__} {value!r}")
-        return int(value)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{source}: {key} must be a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise TypeError(f"{source}: {key} must be a string, got {type(value).__name__} {value!r}")
-        return value
-    # Literal[...] of strings
-    choices = get_args(hint)
-    if value not in choices:
-        raise ValueError(f"{source}: {key} must be one of {list(choices)}, got {value!r}")
-    return value

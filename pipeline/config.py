@@ -49,14 +49,14 @@ import hashlib
 import json
 import os
 import re
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 import yaml
 
+from diffedit import strict
 from diffedit.params import EditParams
 
 #: Where named presets live: ``$DIFFEDIT_CONFIGS``, else the presets shipped in the package
@@ -504,18 +504,8 @@ def params_values(params: Mapping[str, Any]) -> dict[str, Any]:
     hints = get_type_hints(EditParams)
     out = {}
     for key, value in params.items():
-        hint = hints.get(key)
-        if isinstance(value, EnvValue) and hint in (bool, int, float):
-            value = coerce(value, hint, key) if _parses(value) else str(value)
-        out[key] = value
+        out[key] = _env_scalar(value, hints.get(key))
     return out
-
-
-def _parses(value: str) -> bool:
-    try:
-        return isinstance(yaml.safe_load(value), (bool, int, float))
-    except yaml.YAMLError:
-        return False
 
 
 def _check_section(data: Any, cls: type, section: str, source: str) -> dict[str, Any]:
@@ -705,83 +695,25 @@ def _scoring_problems(job: JobConfig) -> list[str]:
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against ``hint``; return it as that type (lists become tuples)."""
-    origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
-        options = get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return coerce(value, option, where)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{where}: expected {_describe(hint)}, got {_type_name(value)} {value!r}")
-    if isinstance(value, EnvValue) and hint in (bool, int, float):
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            parsed = str(value)
-        value = parsed if isinstance(parsed, (bool, int, float)) else str(value)
-    if origin is Literal:
-        choices = get_args(hint)
-        if value not in choices:
-            raise ConfigError(f"{where}: must be one of {list(choices)}, got {value!r}")
-        return value
-    if origin is dict:
-        key_hint, value_hint = get_args(hint)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {_type_name(value)} {value!r}")
-        return {
-            coerce(k, key_hint, f"{where}"): coerce(v, value_hint, f"{where}.{k}") for k, v in value.items()
-        }
-    if origin is tuple:
-        args = get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {_type_name(value)} {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where}: expected a list of {len(args)} items, got {len(value)}")
-        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {_type_name(value)} {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {_type_name(value)} {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {_type_name(value)} {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {_type_name(value)} {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {hint!r} at {where}")  # a bug in this module
+    """Check ``value`` against ``hint``; return it as that type (lists become tuples): the library's
+    ``diffedit.strict.coerce`` (the one mechanism), with a whole ``${VAR}`` read as YAML where a boolean
+    or a number is expected, and its error as a ``ConfigError``."""
+    try:
+        return strict.coerce(value, hint, where, read_scalar=_env_scalar)
+    except strict.StrictTypeError as exc:
+        raise ConfigError(str(exc)) from None
 
 
-def _describe(hint: Any) -> str:
-    origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in get_args(hint))
-    if origin is tuple:
-        args = get_args(hint)
-        return "a list" if args and args[-1] is Ellipsis else f"a list of {len(args)} items"
-    if origin is dict:
-        return "a mapping"
-    if hint is type(None):
-        return "null"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
-
-
-def _type_name(value: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping",
-            type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
+def _env_scalar(value: Any, hint: Any) -> Any:
+    """A whole ``${VAR}`` (``EnvValue``) where ``hint`` is a boolean or a number, read as YAML when it
+    parses as one; any other value as it is."""
+    if not isinstance(value, EnvValue) or hint not in (bool, int, float):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return str(value)
+    return parsed if isinstance(parsed, (bool, int, float)) else str(value)
 
 
 def _jsonable(data: Any) -> Any:

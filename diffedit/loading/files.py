@@ -62,7 +62,14 @@ def file_size(path: Path) -> int | None:
 
 @contextlib.contextmanager
 def flock(path: Path, *, exclusive: bool) -> Iterator[None]:
-    """Hold ``fcntl.flock`` on ``path`` (created if missing): exclusive or shared."""
+    """Hold ``fcntl.flock`` on ``path`` (created if missing): exclusive or shared.
+
+    Shared mode is the point: many actors read a synced model copy at once while a re-sync waits for
+    them (``load.py``), and a re-sync excludes everyone (``cache.py``). ``filelock.FileLock`` (already
+    installed, through huggingface_hub) is exclusive only, and its ``ReadWriteLock`` (4.x) is an SQLite
+    database whose holds are per thread and may not change mode, which is more machinery than these
+    six lines of a POSIX call the kernel releases when a process dies (issue 20 item 13: weighed, kept).
+    """
     with open(path, "a+b") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         try:

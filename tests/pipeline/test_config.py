@@ -40,7 +40,7 @@ def test_minimal_job_takes_defaults(tmp_path):
         ("compute: {actors: two}\n", "compute.actors: expected an integer or a list of 2 items"),
         ("compute: {batch_size: 2.5}\n", "compute.batch_size: expected an integer"),
         ("storage: {anonymous: 'yes'}\n", "storage.anonymous: expected true or false"),
-        ("params: {guidance_scale: high}\n", "guidance_scale must be a number"),
+        ("params: {guidance_scale: high}\n", "params: guidance_scale: expected a number, got string 'high'"),
         ("params: {steps: 3}\n", "unknown DiffEdit parameter(s) ['steps']"),
         ("images: {allow: s3://b/}\n", "images.allow: expected a list"),
         ("compute: {device: tpu}\n", "compute.device: must be one of ['cpu', 'cuda']"),
