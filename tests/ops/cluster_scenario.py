@@ -249,6 +249,8 @@ def main(work: Path) -> None:
         for name in ("out_driver", "out_jobs_api"):
             out = work / name
             results[f"{name}_files"] = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+            state = out.parent / f".{out.name}.diffedit"  # the run's state, beside the output folder
+            results[f"{name}_state_files"] = sorted(str(p.relative_to(state)) for p in state.rglob("*"))
     finally:
         results["killed_after_stop"] = cluster.stop()
         (work / "result.json").write_text(json.dumps(results, indent=1))

@@ -95,7 +95,8 @@ def test_the_demo_job_as_a_driver_of_the_cluster(cluster_run):
     assert "succeeded: 2 ok, 0 failed" in ran["output"]
     again = cluster_run["driver_rerun"]
     assert again["code"] == 0 and "already complete" in again["output"], again["output"]
-    assert any(f.endswith("_SUCCESS") for f in cluster_run["out_driver_files"])
+    assert "_SUCCESS" in cluster_run["out_driver_state_files"]
+    assert all(f.startswith("part-") and f.endswith(".parquet") for f in cluster_run["out_driver_files"])
 
 
 def test_resources_that_never_come_end_by_the_startup_timeout_with_exit_1(cluster_run):
@@ -113,7 +114,7 @@ def test_the_jobs_api_runs_the_job(cluster_run):
     assert "succeeded: 2 ok, 0 failed" in step["output"]
     # Ray sets RAY_ADDRESS (the GCS address) for the entrypoint: it drives the cluster, no local Ray.
     assert "Connected to Ray cluster" in step["output"] and "Started a local Ray" not in step["output"]
-    assert any(f.endswith("_SUCCESS") for f in cluster_run["out_jobs_api_files"])  # outside the package
+    assert "_SUCCESS" in cluster_run["out_jobs_api_state_files"]  # outside the package
 
 
 def test_a_resubmission_after_changing_the_working_dir_is_a_no_op(cluster_run):
