@@ -6,7 +6,7 @@ A job file (``jobs/*.yaml``) has these sections, every one optional except ``inp
     presets: [models/shapes-v3, compute/cpu]   # partial job files under configs/, merged in order
     name: shapes_recolor
     input:   {paths: [...]}                   # Parquet files, globs or prefixes
-    output:  {path: ..., rows_per_file: 64}
+    output:  {path: ..., rows_per_file: 64, input_image: original, image_format: png, image_quality: 90}
     model:   {source: ..., revision: ..., cache_dir: ...}
     params:  {num_inference_steps: 50, ...}   # diffedit.EditParams fields (job-wide defaults)
     compute: {device: cpu, dtype: float32, actors: 1, ...}
@@ -92,6 +92,15 @@ class OutputConfig:
 
     path: str
     rows_per_file: int = 64  # rows per committed part, exactly (the last part a run writes may hold fewer)
+    #: How a row's input is stored in ``input_image``: ``original`` (the file's bytes as fetched, when
+    #: they show what was edited: upright, PNG/JPEG/WebP; else PNG of the decoded pixels), ``png`` (the
+    #: decoded, upright RGB as PNG, always), ``reference`` (no bytes, the URI in ``path``; rows given
+    #: as ``image_bytes`` have no URI and are stored as ``original``).
+    input_image: Literal["original", "png", "reference"] = "original"
+    #: The edited image's encoding: ``png`` (lossless), ``webp`` or ``jpeg`` at ``image_quality``. The
+    #: mask is always PNG (binary: a lossy codec would blur it).
+    image_format: Literal["png", "webp", "jpeg"] = "png"
+    image_quality: int = 90  # 1-100, webp and jpeg only
 
 
 @dataclass(frozen=True)
@@ -564,6 +573,8 @@ def _check_ranges(job: JobConfig) -> None:
         problems.append("model.source is empty")
     if job.output.rows_per_file < 1:
         problems.append(f"output.rows_per_file must be >= 1, got {job.output.rows_per_file}")
+    if not 1 <= job.output.image_quality <= 100:
+        problems.append(f"output.image_quality must be in [1, 100], got {job.output.image_quality}")
     c = job.compute
     if c.min_actors < 1 or c.max_actors < c.min_actors:
         problems.append(

@@ -18,9 +18,12 @@ key                    from
                        a CLIP model by the sha256 of its files, never its path
 ``selection``          the candidates and the objective (which candidate a row keeps)
 ``filter``             the thresholds (the ``keep`` and ``reject_reason`` columns)
+``encoding``           the edit's lossy encoding (``output.image_format`` webp/jpeg and its
+                       quality); absent for PNG, which is lossless
 =====================  ========================================================================
 
-Not in it: the input, output, model and cache paths, the job file's location, the name, the
+Not in it: how the input is stored (``output.input_image``: its bytes, a reference or PNG show the same
+pixels and change no result), the input, output, model and cache paths, the job file's location, the name, the
 working directory (a checkout anywhere, ``ray job submit --working-dir``'s ephemeral copy), actor
 counts, batch sizes and threads (a row's result does not depend on its batch-mates), the failure policy.
 
@@ -100,7 +103,7 @@ def results_identity(job: JobConfig, model: ModelSource) -> dict[str, Any]:
             scoring["clip_model"] = {"sha256": clip_fingerprint(scoring["clip_model"])}
         except (ClipModelError, OSError) as exc:
             raise ConfigError(f"{job.source}: scoring.clip_model: {exc}") from None
-    return {
+    identity = {
         "results_version": RESULTS_VERSION,
         "model": model.fingerprint,
         "family": model.family,
@@ -111,6 +114,9 @@ def results_identity(job: JobConfig, model: ModelSource) -> dict[str, Any]:
         "selection": data["selection"],
         "filter": data["filter"],
     }
+    if job.output.image_format != "png":  # a lossy edit; PNG adds no key, so earlier outputs keep their hash
+        identity["encoding"] = {k: data["output"][k] for k in ("image_format", "image_quality")}
+    return identity
 
 
 def results_hash(identity: dict[str, Any]) -> str:

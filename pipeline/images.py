@@ -47,6 +47,23 @@ class DecodedImage:
     width: int
     height: int
     source_mode: str  # the mode the file had
+    data: bytes = b""  # the file's bytes, as fetched
+    source_format: str | None = None  # PIL's name of the file's format (PNG, JPEG, WEBP, ...)
+    upright: bool = True  # no EXIF rotation or flip was applied: the file shows what was edited
+
+    @property
+    def original_shows_input(self) -> bool:
+        """Whether the file's own bytes show the pixels that were edited, to any reader: upright, and in
+        a format every image reader (PIL, browsers, ``datasets``) decodes (``ORIGINAL_FORMATS``)."""
+        return self.upright and self.source_format in ORIGINAL_FORMATS
+
+
+#: The EXIF tag of the orientation (1: upright; 2-8: a rotation and/or flip, applied on decoding).
+EXIF_ORIENTATION = 0x0112
+#: Formats whose original bytes may stand for the input in the output (``output.input_image: original``).
+ORIGINAL_FORMATS = ("PNG", "JPEG", "WEBP")
+#: The encodings of the edited image (``output.image_format``) and their PIL names.
+IMAGE_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
 
 
 def _segments(path: str) -> list[str]:
@@ -322,11 +339,12 @@ def decode(data: bytes, images: ImagesConfig, what: str = "image") -> DecodedIma
         raise ImageError(
             f"{what} is {width}x{height}, its longer side is above images.max_side = {images.max_side}"
         )
-    mode = image.mode
+    mode, source_format = image.mode, image.format
     if mode not in images.modes:
         raise ImageError(f"{what} has unsupported mode {mode!r} (images.modes: {list(images.modes)})")
     try:
         image.load()  # a truncated file fails here (PIL's LOAD_TRUNCATED_IMAGES stays False)
+        upright = image.getexif().get(EXIF_ORIENTATION, 1) == 1
         image = ImageOps.exif_transpose(image)
         rgb = to_rgb(image)
         rgb.load()
@@ -334,7 +352,10 @@ def decode(data: bytes, images: ImagesConfig, what: str = "image") -> DecodedIma
         raise ImageError(f"{what} cannot be decoded: {type(exc).__name__}: {exc}") from None
     if rgb.mode != "RGB":  # pragma: no cover - to_rgb's contract
         rgb = rgb.convert("RGB")
-    return DecodedImage(image=rgb, width=rgb.width, height=rgb.height, source_mode=mode)
+    return DecodedImage(
+        image=rgb, width=rgb.width, height=rgb.height, source_mode=mode, data=data,
+        source_format=source_format, upright=upright,
+    )  # fmt: skip
 
 
 def load_row_image(
@@ -354,8 +375,21 @@ def load_row_image(
     raise ImageError("row has no image (image and image_bytes are both empty)")
 
 
-def encode_png(image: Image.Image) -> bytes:
-    """PNG bytes of ``image`` (compress level 6: the PIL default, a balance of size and speed)."""
+def encode_image(image: Image.Image, fmt: str = "png", quality: int = 90) -> bytes:
+    """``image`` encoded as ``fmt`` (``IMAGE_FORMATS``): PNG at compress level 6 (PIL's default, a balance
+    of size and speed; lossless), or WebP / JPEG at ``quality`` (1-100, lossy; JPEG without chroma
+    subsampling, so thin coloured edges keep their colour)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    name = IMAGE_FORMATS[fmt]
+    if name == "PNG":
+        image.save(buffer, format="PNG")
+    elif name == "JPEG":
+        image.save(buffer, format="JPEG", quality=quality, subsampling=0)
+    else:
+        image.save(buffer, format="WEBP", quality=quality, method=4)
     return buffer.getvalue()
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes of ``image`` (``encode_image``)."""
+    return encode_image(image, "png")

@@ -439,14 +439,20 @@ def _run_plan(
         batch_format="pyarrow",
         batch_size=None,
         fn_kwargs={"params": job.params, "images": job.images, "storage": job.storage, "done": done,
-                   "threads": c.fetch_threads, "limits": job.limits, "geometry": geometry},
+                   "threads": c.fetch_threads, "limits": job.limits, "geometry": geometry,
+                   "input_image": job.output.input_image},
         **io,
     )  # fmt: skip
-    pool = (
-        ActorPoolStrategy(size=c.min_actors)
+    # Two batches in flight per actor: one in the model, the next one queued, its rows already
+    # transferred, so the GPU does not wait for the fetch stage between calls (the prefetch). This is
+    # Ray Data 2.60's default (2 x max concurrency); set here so a change of default cannot remove it.
+    # pipeline.sizing counts the queued batch in the actor's memory.
+    sizes = (
+        {"size": c.min_actors}
         if c.min_actors == c.max_actors
-        else ActorPoolStrategy(min_size=c.min_actors, max_size=c.max_actors)
+        else {"min_size": c.min_actors, "max_size": c.max_actors}
     )
+    pool = ActorPoolStrategy(**sizes, max_tasks_in_flight_per_actor=ACTOR_BATCHES_IN_FLIGHT)
     memory = {"memory": c.actor_memory_gb * 1024**3} if c.actor_memory_gb > 0 else {}
     with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
@@ -473,7 +479,12 @@ def _run_plan(
         encode_rows,
         batch_format="pyarrow",
         batch_size=None,
-        fn_kwargs={"run_id": run_id, "version": package_version(), "keep_rule": job.filter},
+        fn_kwargs={
+            "run_id": run_id,
+            "version": package_version(),
+            "keep_rule": job.filter,
+            "output": job.output,
+        },
         **io,
     )
     # Parts of exactly output.rows_per_file rows (the last one of a run may hold fewer): re-block the
@@ -537,6 +548,10 @@ def repartition(ds: Any, rows: int, *, strict: bool, remote_args: dict[str, Any]
         return out
     args.update(remote_args)
     return out
+
+
+#: Batches sent to a model actor at once: the one it edits and the one queued behind it (``execute``).
+ACTOR_BATCHES_IN_FLIGHT = 2
 
 
 def actor_env() -> dict[str, str]:

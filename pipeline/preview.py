@@ -6,11 +6,12 @@ held-out task whose ground truth is known). ``show`` picks all rows, the kept on
 from __future__ import annotations
 
 import io
+import os
 import textwrap
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from pipeline import output as O
 from pipeline import rows as R
@@ -80,7 +81,13 @@ class Verdict:
 
 
 def _image(value: dict | None) -> Image.Image | None:
-    return Image.open(io.BytesIO(value["bytes"])).convert("RGB") if value and value.get("bytes") else None
+    """An image column's picture: its bytes, or a stored reference (``output.input_image: reference``)
+    to a local file; None for a remote reference or a null cell (drawn as an empty box)."""
+    if value and value.get("bytes"):
+        return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
+    if value and value.get("path") and os.path.isfile(value["path"]):
+        return ImageOps.exif_transpose(Image.open(value["path"])).convert("RGB")  # the file as edited
+    return None
 
 
 def shapes_verdict(row: dict) -> Verdict | None:

@@ -121,6 +121,9 @@ FETCHED_SCHEMA = pa.schema(
         *PARAM_FIELDS,
         pa.field("input_path", pa.string()),
         pa.field("input_sha256", pa.string()),
+        # the file's own bytes, kept for ``output.input_image: original`` when they show the input
+        # (``pipeline.images.DecodedImage.original_shows_input``); else null
+        pa.field("input_bytes", pa.binary()),
         pa.field("pixels", pa.binary()),  # raw RGB, row-major, width x height x 3
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),

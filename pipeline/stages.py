@@ -9,8 +9,9 @@
    with the job's scores and best-of-K selection (``scoring``, ``selection``: ``diffedit.scores``,
    ``diffedit.select``); a row whose query and caption tokenize identically (a no-op edit) or whose
    prompt was cut at the text encoder's limit gets a ``warning`` (``diffedit.tokens``).
-3. ``encode_rows`` (CPU tasks): PNG-encodes the input, the edit and the mask into the output schema,
-   and applies the job's ``filter`` (``keep``, ``reject_reason``: ``pipeline.keep``).
+3. ``encode_rows`` (CPU tasks): encodes the input (its original bytes, a reference or PNG), the edit
+   (PNG, WebP or JPEG) and the mask (PNG) into the output schema (``output.input_image``,
+   ``image_format``), and applies the job's ``filter`` (``keep``, ``reject_reason``: ``pipeline.keep``).
 
 Nothing here imports Ray: the stages are plain callables, tested directly.
 """
@@ -32,9 +33,17 @@ from diffedit.images import model_resolution
 from diffedit.params import EditParams
 from diffedit.scores import SCORE_NAMES
 from pipeline import rows as R
-from pipeline.config import FilterConfig, ImagesConfig, JobConfig, LimitsConfig, StorageConfig, scoring_of
+from pipeline.config import (
+    FilterConfig,
+    ImagesConfig,
+    JobConfig,
+    LimitsConfig,
+    OutputConfig,
+    StorageConfig,
+    scoring_of,
+)
 from pipeline.grouping import chunks
-from pipeline.images import ImageError, encode_png, load_row_image
+from pipeline.images import ImageError, encode_image, encode_png, load_row_image
 from pipeline.keep import keep_verdict
 from pipeline.limits import check_limits
 from pipeline.manifest import IMAGE, IMAGE_BYTES, MAX_SEED, OVERRIDE_COLUMNS, default_seed
@@ -58,17 +67,20 @@ def fetch_rows(
     threads: int = 8,
     limits: LimitsConfig | None = None,
     geometry: Geometry | None = None,
+    input_image: str = "png",
 ) -> pa.Table:
     """Manifest rows -> working rows (``rows.FETCHED_SCHEMA``); rows whose id is in ``done`` are dropped.
     Raises ``TransientStorageError`` when storage keeps failing for a row (none of the batch is kept).
     ``geometry`` (the model's, ``pipeline.sizing``): each ok row gets its model resolution
-    (``model_width``, ``model_height``), the key ``pipeline.grouping`` regroups rows by."""
+    (``model_width``, ``model_height``), the key ``pipeline.grouping`` regroups rows by.
+    ``input_image`` (``output.input_image``): whether a row keeps its file's bytes (``input_bytes``)
+    for the encode stage."""
     records = [r for r in batch.to_pylist() if r["id"] not in done]
     if not records:
         return R.FETCHED_SCHEMA.empty_table()
     limits = limits or LimitsConfig()
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(records)))) as pool:
-        out = list(pool.map(lambda r: prepare_row(r, params, images, storage, limits), records))
+        out = list(pool.map(lambda r: prepare_row(r, params, images, storage, limits, input_image), records))
     if geometry is not None:
         for row in out:
             if row["status"] == R.OK:
@@ -85,8 +97,11 @@ def prepare_row(
     images: ImagesConfig,
     storage: StorageConfig,
     limits: LimitsConfig | None = None,
+    input_image: str = "png",
 ) -> dict[str, Any]:
     """One manifest row -> one working row, ``ok`` with its decoded pixels or ``failed`` with an error.
+    The file's own bytes are kept (``input_bytes``) where ``input_image`` will store them: ``original``,
+    or ``reference`` for a row without a URI, and only when they show the edited pixels.
     A ``TransientStorageError`` is not caught: it is not the row's answer."""
     start = time.perf_counter()
     row_id = record["id"]
@@ -113,7 +128,9 @@ def prepare_row(
         check_limits(effective, limits or LimitsConfig(), {"query": str(query), "caption": row["caption"]})
         decoded = load_row_image(uri, record.get(IMAGE_BYTES), images, storage)
         pixels = decoded.image.tobytes()
+        stores_bytes = input_image == "original" or (input_image == "reference" and not row["input_path"])
         row.update(
+            input_bytes=decoded.data if stores_bytes and decoded.original_shows_input else None,
             pixels=pixels,
             width=decoded.width,
             height=decoded.height,
@@ -340,10 +357,18 @@ def _edit_group(editor: Any, todo: list[tuple[dict[str, Any], Any]]) -> list[tup
 
 
 def encode_rows(
-    batch: pa.Table, *, run_id: str, version: str, keep_rule: FilterConfig | None = None
+    batch: pa.Table,
+    *,
+    run_id: str,
+    version: str,
+    keep_rule: FilterConfig | None = None,
+    output: OutputConfig | None = None,
 ) -> pa.Table:
-    """Working rows -> output rows (``rows.OUTPUT_SCHEMA``): PNG in Hugging Face's Image layout, and
-    ``keep`` / ``reject_reason`` by ``keep_rule`` (the job's ``filter``; None: every ok row is kept)."""
+    """Working rows -> output rows (``rows.OUTPUT_SCHEMA``): the images in Hugging Face's Image layout
+    (a struct of ``bytes`` and ``path``), encoded as ``output`` says (``input_record``; the edit as
+    ``output.image_format``; the mask as PNG), and ``keep`` / ``reject_reason`` by ``keep_rule`` (the
+    job's ``filter``; None: every ok row is kept). Default ``output``: every image as PNG."""
+    output = output or OutputConfig(path="", input_image="png")
     out = []
     for row in batch.to_pylist():
         start = time.perf_counter()
@@ -352,10 +377,10 @@ def encode_rows(
         record.update(run_id=run_id, diffedit_version=version)
         record["keep"], record["reject_reason"] = keep_verdict(row, keep_rule or FilterConfig())
         if row["status"] == R.OK:
-            input_png = encode_png(Image.frombytes("RGB", size, row["pixels"]))
-            record["input_image"] = {"bytes": input_png, "path": row["input_path"]}
+            record["input_image"] = input_record(row, output.input_image)
+            edited = Image.frombytes("RGB", size, row["edited_pixels"])
             record["edited_image"] = {
-                "bytes": encode_png(Image.frombytes("RGB", size, row["edited_pixels"])),
+                "bytes": encode_image(edited, output.image_format, output.image_quality),
                 "path": None,
             }
             record["mask"] = {
@@ -367,3 +392,16 @@ def encode_rows(
         record["seconds_png"] = time.perf_counter() - start
         out.append(record)
     return R.table_from_rows(out, R.OUTPUT_SCHEMA)
+
+
+def input_record(row: dict[str, Any], mode: str) -> dict[str, Any]:
+    """The ``input_image`` struct of an ok row, per ``output.input_image``: ``reference`` -> the URI alone
+    (``bytes`` null; a reader loads it from ``path``); ``original`` -> the file's bytes, when the fetch
+    kept them (they show the edited pixels); otherwise, and for ``png``, the decoded upright RGB as PNG.
+    ``path`` is the row's URI (credentials removed), or null for inline ``image_bytes``."""
+    if mode == "reference" and row["input_path"]:
+        return {"bytes": None, "path": row["input_path"]}
+    if mode in ("original", "reference") and row.get("input_bytes"):
+        return {"bytes": row["input_bytes"], "path": row["input_path"]}
+    pixels = Image.frombytes("RGB", (row["width"], row["height"]), row["pixels"])
+    return {"bytes": encode_png(pixels), "path": row["input_path"]}

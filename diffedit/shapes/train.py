@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from diffedit.loading.layout import FLOW_SCHEDULER_CLASS
+from diffedit.loading.layout import FLOW_SCHEDULER_CLASS, names_flow_scheduler
 from diffedit.shapes import dataset
 from diffedit.shapes.dataset import images_tensor
 from diffedit.shapes.posterior import POSTERIOR_STD, set_posterior_std
@@ -585,6 +585,22 @@ def init_model(path: Path, args: argparse.Namespace, log: Logger) -> dict[str, A
 
     if not (path / "unet" / "config.json").is_file():
         raise SystemExit(f"{path}: not a Stable Diffusion directory (no unet/config.json)")
+    # Its UNet predicts what its objective trained: fine-tuning it on another parameterisation would
+    # silently retrain the output's meaning. eps -> flow is the re-expression (--objective flow); a flow
+    # model stays flow, at the shift its levels were trained on.
+    index = json.loads((path / "model_index.json").read_text())
+    if names_flow_scheduler(index):
+        shift = json.loads((path / "scheduler" / "scheduler_config.json").read_text()).get("shift", 1.0)
+        if args.objective != "flow":
+            raise SystemExit(
+                f"{path}: its UNet was trained on the flow objective (scheduler {FLOW_SCHEDULER_CLASS}); "
+                f"--objective {args.objective} would retrain what it predicts: pass --objective flow "
+                f"--flow-shift {shift:g}"
+            )
+        if float(shift) != float(args.flow_shift):
+            raise SystemExit(
+                f"{path}: its flow levels were trained at shift {shift:g}, not --flow-shift {args.flow_shift:g}"
+            )
     vae = AutoencoderKL.from_pretrained(path / "vae")
     unet = UNet2DConditionModel.from_pretrained(path / "unet")
     mine = build_diffusion_models(args)[2]

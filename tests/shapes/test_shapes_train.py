@@ -173,6 +173,10 @@ def test_flow_objective_trains_and_exports_a_flow_unet(tmp_path: Path) -> None:
     assert layout_name(json.loads((base / "model_index.json").read_text())) == "Stable Diffusion"
     summary = json.loads((flow / "train_state" / "summary.json").read_text())
     assert summary["objective"] == "flow" and summary["unet_steps"] == 2
+    # a flow model is fine-tuned only as a flow model, at its own shift (refused before any training)
+    for extra, message in (([], "trained on the flow objective"), (["--objective", "flow"], "at shift 3")):
+        with pytest.raises(SystemExit, match=message):
+            train.main(["--out", str(tmp_path / "again"), *TINY, "--init-model", str(flow), *extra])
 
     bundle = load_bundle(str(flow))
     assert bundle.prediction_type == "flow" and bundle.family == "sd"
