@@ -80,9 +80,8 @@ SUMMARY_FILE = "summary.json"
 SUCCESS_FILE = "_SUCCESS"
 UNREADABLE = "unreadable"  # parts set aside by ``run --repair``
 #: What earlier versions wrote inside the folder (readers tripped on them): adopted or removed by a run.
-LEGACY_STATE_DIR = (
-    ".diffedit"  # the state folder of earlier versions, inside the output: ``<out>/.diffedit/``
-)
+#: The state folder of earlier versions, inside the output: ``<out>/.diffedit/``.
+LEGACY_STATE_DIR = ".diffedit"
 LEGACY_FILES = ("_SUCCESS", "_job.json", "_summary.json")
 LEGACY_DIRS = ("_staging",)
 
@@ -223,9 +222,9 @@ def remove(fs: fsspec.AbstractFileSystem, path: str, recursive: bool = False) ->
 
 
 def set_aside_unreadable(fs: fsspec.AbstractFileSystem, out: str) -> list[str]:
-    """Move every committed part that cannot be read as Parquet to the state folder's ``unreadable/`` (hidden
-    from readers, kept for inspection); the names moved. Their rows are then missing, so the next run
-    edits them again."""
+    """Move every committed part that cannot be read as Parquet to the state folder's ``unreadable/``
+    (out of the readers' way, kept for inspection); the names moved. Their rows are then missing, so the
+    next run edits them again."""
     moved = []
     for path in part_files(fs, out):
         try:

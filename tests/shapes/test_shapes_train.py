@@ -174,9 +174,15 @@ def test_flow_objective_trains_and_exports_a_flow_unet(tmp_path: Path) -> None:
     summary = json.loads((flow / "train_state" / "summary.json").read_text())
     assert summary["objective"] == "flow" and summary["unet_steps"] == 2
     # a flow model is fine-tuned only as a flow model, at its own shift (refused before any training)
-    for extra, message in (([], "trained on the flow objective"), (["--objective", "flow"], "at shift 3")):
-        with pytest.raises(SystemExit, match=message):
-            train.main(["--out", str(tmp_path / "again"), *TINY, "--init-model", str(flow), *extra])
+    try:
+        for extra, message in (
+            ([], "trained on the flow objective"),
+            (["--objective", "flow"], "at shift 3"),
+        ):
+            with pytest.raises(SystemExit, match=message):
+                train.main(["--out", str(tmp_path / "again"), *TINY, "--init-model", str(flow), *extra])
+    finally:
+        torch.set_num_threads(threads)  # main() sets the run's threads first
 
     bundle = load_bundle(str(flow))
     assert bundle.prediction_type == "flow" and bundle.family == "sd"
