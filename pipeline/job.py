@@ -217,6 +217,7 @@ def _edit_and_finish(
     shown_out = redact(written.output.path)
     O.remove(out_fs, O.state(out, O.SUCCESS_FILE))
     O.remove(out_fs, O.state(out, O.STAGING), recursive=True)
+    O.remove_legacy(out_fs, out)
     log.info(
         "run %s of job %s: %d input rows in %d file(s); %d already committed in %s; %d to edit",
         run_id, job.name, len(input_ids), len(manifest.files), len(done), shown_out, todo,

@@ -255,20 +255,21 @@ def legacy_state(out: str, name: str) -> str:
     return join(out, LEGACY_STATE_DIR, name)
 
 
-def state_file(fs: fsspec.AbstractFileSystem, out: str, name: str) -> str:
-    """``state(out, name)``, or its place in an earlier version's layout when only that exists: what
-    ``validate`` reads (a run first moves such state with ``adopt_legacy``; validate writes nothing)."""
-    path = state(out, name)
-    if not exists(fs, path) and exists(fs, legacy_state(out, name)):
-        return legacy_state(out, name)
-    return path
+def state_dir_to_read(fs: fsspec.AbstractFileSystem, out: str) -> str:
+    """``state_dir(out)``, or the earlier layout's state folder inside the output when only that exists:
+    where ``validate`` reads the state (a run first moves it with ``adopt_legacy``; validate writes
+    nothing). One check per output, not one per file."""
+    if not exists(fs, state_dir(out)) and exists(fs, join(out, LEGACY_STATE_DIR)):
+        return join(out, LEGACY_STATE_DIR)
+    return state_dir(out)
 
 
 def adopt_legacy(fs: fsspec.AbstractFileSystem, out: str) -> None:
     """Bring an output written by an earlier version to this layout, keeping its identity and progress:
     the state folder it kept inside the output (``<out>/.diffedit/``: job.json, summary.json, _SUCCESS,
-    unreadable/) moves beside it (what the new folder already has wins; staging is dropped), and the
-    markers of still earlier versions among the parts are removed."""
+    unreadable/) moves beside it (what the new folder already has wins; staging is dropped). One check
+    when there is nothing to move; the markers of still earlier versions among the parts are removed by
+    a run that edits (``remove_legacy``), as before."""
     old = join(out, LEGACY_STATE_DIR)
     if exists(fs, old):
         for name in (JOB_FILE, SUMMARY_FILE, SUCCESS_FILE):
@@ -282,7 +283,6 @@ def adopt_legacy(fs: fsspec.AbstractFileSystem, out: str) -> None:
         remove(fs, old, recursive=True)
         log.info("moved the run state of %s from its earlier place inside the folder to %s", redact(out),
                  redact(state_dir(out)))  # fmt: skip
-    remove_legacy(fs, out)
 
 
 def remove_legacy(fs: fsspec.AbstractFileSystem, out: str) -> None:

@@ -32,7 +32,7 @@ from pipeline.identity import ModelSource, identity_difference, inspect_model, r
 from pipeline.images import is_allowed, shown_uri
 from pipeline.manifest import IMAGE, IMAGE_BYTES, ManifestError, ManifestInfo, inspect_manifest
 from pipeline.sizing import batching
-from pipeline.storage import StorageError, filesystem, is_local_fs, parquet_file, redact
+from pipeline.storage import StorageError, filesystem, is_local_fs, join, parquet_file, redact
 
 
 class InputError(ValueError):
@@ -112,8 +112,9 @@ def preflight(
     out_fs, out = output_location(job)
     try:
         parts = O.read_parts(out_fs, out, columns=["id", "status"])
-        done = O.exists(out_fs, O.state_file(out_fs, out, O.SUCCESS_FILE))
-        prior = O.read_json(out_fs, O.state_file(out_fs, out, O.JOB_FILE))
+        state_dir = O.state_dir_to_read(out_fs, out)
+        done = O.exists(out_fs, join(state_dir, O.SUCCESS_FILE))
+        prior = O.read_json(out_fs, join(state_dir, O.JOB_FILE))
     except O.UnreadableParts as exc:
         raise UnreadableOutput(str(exc)) from None
     except (OSError, ValueError) as exc:
