@@ -1,7 +1,9 @@
-"""README's library example runs as written (on the bundled model)."""
+"""README's library example runs as written (on the bundled model); its list of output columns is the
+output's schema."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from PIL import Image
@@ -20,3 +22,27 @@ def test_readme_library_example_runs_as_written(tmp_path, monkeypatch, capsys):
     edit, mask = Image.open(tmp_path / "edit.png"), Image.open(tmp_path / "mask.png")
     assert edit.size == mask.size == (64, 64) and edit.mode == "RGB"
     assert "UNet evaluations" in capsys.readouterr().out
+
+
+#: Words in backticks in README's "Each output row" paragraph that are values or names, not columns.
+NOT_COLUMNS = {"ok", "failed", "unchanged: ...", "truncated: ...", "bytes", "path", "output", "filter",
+               "sd", "sdxl", "huggingface", "datasets", "scoring.clip_model"}  # fmt: skip
+
+
+def test_readme_lists_exactly_the_output_columns():
+    """README, "Each output row: ...": every column it names is in ``OUTPUT_SCHEMA`` and every column of
+    the schema is named there, the DiffEdit parameters as "every effective DiffEdit parameter"."""
+    from diffedit.params import EditParams
+    from pipeline.rows import OUTPUT_SCHEMA
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("Each output row:")
+    paragraph = text[start : text.index("\n\n", start)]
+    assert (
+        "every effective\nDiffEdit parameter" in paragraph
+        or "every effective DiffEdit parameter" in paragraph
+    )
+    named = set(re.findall(r"`([^`]+)`", paragraph)) - NOT_COLUMNS
+    schema = set(OUTPUT_SCHEMA.names)
+    assert named - schema == set(), "README names columns the output does not have"
+    assert schema - named - set(EditParams.field_names()) == set(), "columns README does not name"

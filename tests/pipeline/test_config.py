@@ -47,6 +47,16 @@ def test_minimal_job_takes_defaults(tmp_path):
         ("compute: {actors: [3, 1]}\n", "compute.actors must be >= 1 or a range"),
         ("failure: {max_failed_fraction: 2}\n", "failure.max_failed_fraction must be in [0, 1]"),
         ("compute: {device: cuda}\n", "gpus_per_actor must be > 0 when compute.device is cuda"),
+        # README: "booleans never" stand in for numbers, in the job's sections and in params alike
+        (
+            "compute: {batch_size: true}\n",
+            "compute.batch_size: expected an integer or null, got boolean True",
+        ),
+        ("params: {guidance_scale: false}\n", "params: guidance_scale: expected a number, got boolean False"),
+        (
+            "failure: {max_failed_fraction: true}\n",
+            "failure.max_failed_fraction: expected a number, got boolean",
+        ),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path, extra, message):
@@ -71,11 +81,13 @@ def test_missing_job_file_and_missing_preset(tmp_path):
         load_job(path, env={})
 
 
-def test_credentials_are_refused(tmp_path):
-    path = job_file(tmp_path, MINIMAL + "storage: {endpoint_url: http://x, secret: abc}\n")
+@pytest.mark.parametrize("key", ["key", "secret", "token", "aws_secret_access_key", "session_token"])
+def test_credentials_are_refused(tmp_path, key):
+    path = job_file(tmp_path, MINIMAL + f"storage: {{endpoint_url: http://x, {key}: abc123}}\n")
     with pytest.raises(ConfigError, match="credentials come only from the environment") as info:
         load_job(path, env={})
-    assert "abc" not in str(info.value)
+    assert f"storage: [{key!r}] not allowed" in str(info.value) and str(path) in str(info.value)
+    assert "abc123" not in str(info.value)
 
 
 def test_presets_merge_in_order_and_the_job_wins(tmp_path):

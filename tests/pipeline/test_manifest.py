@@ -57,6 +57,12 @@ def test_duplicate_null_and_empty_ids_stop_the_job(tmp_path):
         [("id", pa.string()), ("image", pa.string()), ("query", pa.string())]))  # fmt: skip
     with pytest.raises(ManifestError, match="1 row"):
         inspect_manifest([str(tmp_path / "n.parquet")], LOCAL)
+    write_manifest(
+        tmp_path / "e.parquet",
+        [{"id": "", "image": "x", "query": "q"}, {"id": "a", "image": "x", "query": "q"}],
+    )
+    with pytest.raises(ManifestError, match=r"1 row\(s\) have an empty id"):
+        inspect_manifest([str(tmp_path / "e.parquet")], LOCAL)
 
 
 def test_schema_problems():

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from pipeline import output as O
 from pipeline.cli import app
 from pipeline.config import load_job
-from pipeline.identity import ModelSource, identity_difference, results_hash, results_identity
+from pipeline.identity import ModelSource, identity_difference, inspect_model, results_hash, results_identity
 
 
 def test_validate_agrees_with_run_on_a_finished_output(finished, monkeypatch):
@@ -106,3 +106,38 @@ def test_the_results_identity_is_what_determines_the_pixels(tmp_path):
         assert results_hash(identity) != results_hash(key)
         assert identity_difference(key, identity) == what
     assert "results_version" in key and "/m" not in json.dumps(key)
+
+
+def test_a_local_models_fingerprint_covers_its_configs_and_tokenizer(tiny_model, tmp_path):
+    """README "Results identity": a local model is its weights' sha256 plus the sha256 of the small files a
+    pipeline loads, so an edited scheduler config or tokenizer file is another configuration, while a
+    file no pipeline loads (a README, a hidden sidecar) and the directory's path are not."""
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    (tmp_path / "job.yaml").write_text(
+        f"input: {{paths: [in]}}\noutput: {{path: out}}\nmodel: {{source: '{model}'}}\n"
+    )
+    job = load_job(tmp_path / "job.yaml", env={})
+
+    def fingerprint() -> dict:
+        return inspect_model(job).fingerprint
+
+    first = fingerprint()
+    assert first["kind"] == "files" and set(first) == {"kind", "weights_sha256", "configs_sha256"}
+    (model / "README.md").write_text("notes about the model\n")
+    assert fingerprint() == first
+
+    scheduler = model / "scheduler" / "scheduler_config.json"
+    original = scheduler.read_text()
+    scheduler.write_text(json.dumps({**json.loads(original), "beta_end": 0.013}))
+    changed = fingerprint()
+    assert (
+        changed["configs_sha256"] != first["configs_sha256"]
+        and changed["weights_sha256"] == first["weights_sha256"]
+    )
+    scheduler.write_text(original)
+    assert fingerprint() == first  # by content
+
+    vocab = next(p for p in (model / "tokenizer").iterdir() if p.suffix in (".json", ".txt"))
+    vocab.write_bytes(vocab.read_bytes() + b"\n")
+    assert fingerprint()["configs_sha256"] != first["configs_sha256"]

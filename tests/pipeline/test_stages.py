@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -17,7 +18,7 @@ from diffedit.tiny import tiny_bundle
 from pipeline import rows as R
 from pipeline.config import ImagesConfig, StorageConfig
 from pipeline.manifest import default_seed
-from pipeline.stages import edit_rows, encode_rows, fetch_rows
+from pipeline.stages import edit_rows, encode_rows, fetch_rows, pixels_sha256, prepare_row
 
 PARAMS = EditParams.from_dict(FAST_PARAMS)
 
@@ -105,3 +106,32 @@ def test_a_row_the_editor_cannot_edit_fails_alone(fetched, editor):
     rows = {r["id"]: r for r in edit_rows(fetched, Flaky(), "m", "h").to_pylist()}
     assert rows["ok1"]["status"] == R.OK
     assert rows["ok2"]["status"] == R.FAILED and "CUDA out of memory (simulated)" in rows["ok2"]["error"]
+
+
+def test_input_sha256_is_the_pictures_hash_in_any_file_format():
+    """README: ``input_sha256`` is the sha256 of the decoded pixels and their size, so the same picture
+    has the same hash in PNG, TIFF or lossless WebP, with or without an opaque alpha channel; another
+    picture, or the same bytes at another size, has another."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+
+    def encoded(array: np.ndarray, fmt: str, mode: str = "RGB", **kw) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(array).convert(mode).save(buffer, format=fmt, **kw)
+        return buffer.getvalue()
+
+    def sha(data: bytes) -> str:
+        row = prepare_row(
+            {"id": "a", "image_bytes": data, "query": "q"}, PARAMS, ImagesConfig(), StorageConfig()
+        )
+        assert row["status"] == R.OK, row["error"]
+        return row["input_sha256"]
+
+    files = [encoded(pixels, "PNG"), encoded(pixels, "TIFF"), encoded(pixels, "TIFF", compression="tiff_lzw"),
+             encoded(pixels, "WEBP", lossless=True), encoded(pixels, "PNG", mode="RGBA")]  # fmt: skip
+    assert len(set(files)) == len(files)  # five different files ...
+    assert {sha(f) for f in files} == {pixels_sha256(pixels.tobytes(), 40, 24)}  # ... one picture
+    other = pixels.copy()
+    other[0, 0, 0] ^= 1
+    assert sha(encoded(other, "PNG")) != sha(files[0])
+    assert sha(encoded(pixels.reshape(40, 24, 3), "PNG")) != sha(files[0])  # same bytes, 24 x 40
