@@ -55,10 +55,13 @@ def auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
 
 
 def bootstrap(stat: Any, n: int, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of ``stat(indices)`` over ``BOOTSTRAP`` resamples of n tasks."""
+    """95 % percentile interval of ``stat(indices)`` over ``BOOTSTRAP`` resamples of n tasks, over the
+    resamples where it is finite; (nan, nan) when it is in none."""
     rng = np.random.default_rng(seed)
     values = [stat(rng.integers(0, n, n)) for _ in range(BOOTSTRAP)]
     values = [v for v in values if np.isfinite(v)]
+    if not values:  # no resample defines it (an AUC where every plain edit passed, or none did)
+        return float("nan"), float("nan")
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
