@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 
@@ -20,6 +21,21 @@ def test_cli_surface_version_quiet_after_the_command_and_flag_help(finished, mon
     monkeypatch.chdir(finished)
     quiet = runner.invoke(app, ["validate", "jobs/shapes_recolor.yaml", "-q"])
     assert quiet.exit_code == 0, quiet.output
+    # README: -q keeps warnings and errors, -v adds debug logs, before or after the command
+    logger = logging.getLogger("pipeline")
+    for args, level in [
+        ([], logging.INFO),
+        (["-q"], logging.WARNING),
+        (["--quiet"], logging.WARNING),
+        (["-v"], logging.DEBUG),
+        (["--verbose"], logging.DEBUG),
+    ]:
+        for argv in (
+            [*args, "validate", "jobs/shapes_recolor.yaml"],
+            ["validate", "jobs/shapes_recolor.yaml", *args],
+        ):
+            done = runner.invoke(app, argv)
+            assert done.exit_code == 0 and logger.level == level, (argv, logger.level, done.output)
     assert runner.invoke(app, ["run", "jobs/shapes_recolor.yaml", "--quiet", "-v"]).exit_code == 0
     for command in ("run", "validate", "preview"):
         shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "120"})

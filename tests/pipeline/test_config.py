@@ -9,6 +9,7 @@ from pipeline_testing import REPO
 
 from pipeline.config import ConfigError, _read_yaml, build_job, check_document, interpolate, load_job
 from pipeline.identity import ModelSource, results_hash, results_identity
+from pipeline.sizing import Geometry, batching
 
 MINIMAL = """
 input: {paths: [data/m.parquet]}
@@ -148,6 +149,14 @@ def test_shipped_jobs_load():
     coco = load_job(REPO / "jobs" / "coco_recolor.yaml", env=env)
     assert coco.output.path == "s3://data/diffedit/outputs/coco_recolor/ds=2024-06-01/"
     assert coco.compute.device == "cuda" and coco.compute.gpus_per_actor == 1
+    # README: one GPU per actor, 1 to 8 actors, float16, batch sizes from the per-family plan
+    assert (coco.compute.min_actors, coco.compute.max_actors, coco.compute.dtype) == (1, 8, "float16")
+    sd15 = batching(coco.compute, Geometry("sd", 512, 64))
+    assert (sd15.batch_size, sd15.max_batch, sd15.vae_batch) == (
+        32,
+        64,
+        16,
+    ) and "plan sd@512px" in sd15.origin
     assert coco.images.allow == ("s3://data/coco/",)
     presets = sorted((REPO / "configs").rglob("*.yaml"))
     assert {p.stem for p in presets} >= {"cpu", "gpu", "sd15", "sd21", "shapes-v3"}
