@@ -87,3 +87,19 @@ def test_no_second_copy_of_the_type_checks():
         if check.search(p.read_text())
     )  # fmt: skip
     assert holders == ["diffedit/strict.py"]
+
+
+def test_edit_params_are_frozen_and_replace_checks_like_construction():
+    """README: ``EditParams`` is typed, strict and frozen; ``replace`` returns a checked copy."""
+    import dataclasses
+
+    params = EditParams()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.encode_ratio = 0.5  # type: ignore[misc]
+    changed = params.replace(encode_ratio=0.5)
+    assert (changed.encode_ratio, params.encode_ratio) == (0.5, 0.8)
+    assert hash(changed) != hash(params) and changed == EditParams(encode_ratio=0.5)
+    with pytest.raises(TypeError, match="encode_ratio"):
+        params.replace(encode_ratio=True)  # booleans never stand in for numbers
+    with pytest.raises(ValueError, match=r"encode_ratio must be in \(0, 1\]"):
+        params.replace(encode_ratio=1.5)

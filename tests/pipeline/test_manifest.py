@@ -105,3 +105,37 @@ def test_manifest_on_s3(s3):
     assert info.num_rows == 5 and len(info.files) == 2
     with pytest.raises(ManifestError, match="no such file or prefix"):
         inspect_manifest(["s3://test-bucket/nothing/"], storage)
+
+
+def _validate(tmp_path, paths: list[str]):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline_testing import REPO
+
+    (tmp_path / "job.yaml").write_text(
+        f"input: {{paths: {paths}}}\noutput: {{path: {tmp_path / 'out'}}}\n"
+        f"model: {{source: {REPO / 'models' / 'shapes-v3'}}}\n"
+    )
+    return CliRunner().invoke(app, ["validate", str(tmp_path / "job.yaml")])
+
+
+def test_validate_names_a_missing_input_and_lists_ignored_columns(tmp_path):
+    """README: a missing input path, an empty glob or an empty prefix is an error naming it (exit 3,
+    one line, nothing written); other columns are ignored and ``validate`` lists them."""
+    (tmp_path / "empty").mkdir()
+    for path, message in [
+        (tmp_path / "nothing.parquet", "nothing.parquet: no such file or prefix"),
+        (tmp_path / "*.parquet", "no Parquet file matches this glob"),
+        (tmp_path / "empty", "no Parquet file under this prefix"),
+    ]:
+        done = _validate(tmp_path, [str(path)])
+        assert done.exit_code == 3, done.output
+        (line,) = [ln for ln in done.output.splitlines() if ln.startswith("error:")]
+        assert line.startswith("error: input: ") and message in line and str(tmp_path) in line, line
+        assert not (tmp_path / "out").exists() and not (tmp_path / ".out.diffedit").exists()
+    write_manifest(tmp_path / "m" / "a.parquet",
+                   [{"id": "a", "image_bytes": png_bytes(), "query": "q", "note": "x", "score": 1}])  # fmt: skip
+    done = _validate(tmp_path, [str(tmp_path / "m")])
+    assert done.exit_code == 0, done.output
+    assert "input: ignored columns ['note', 'score']" in done.output

@@ -94,9 +94,11 @@ def test_model_actors_get_the_drivers_hub_settings_but_no_token(monkeypatch):
     assert "HF_HUB_OFFLINE" not in actor_env()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", "/models/hf")
+    monkeypatch.setenv("HF_HOME", "/models/home")
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     env = actor_env()
     assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HUB_CACHE"] == "/models/hf"
+    assert env["HF_HOME"] == "/models/home"
     assert "HF_TOKEN" not in env and "hf_secret" not in env.values()
 
 
