@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
-from pipeline_testing import png_bytes, s3fs_for, write_manifest
+from pipeline_testing import REPO, png_bytes, s3fs_for, write_manifest
+from typer.testing import CliRunner
 
+from pipeline.cli import app
 from pipeline.config import StorageConfig
 from pipeline.manifest import ManifestError, check_schema, default_seed, inspect_manifest, resolve_files
 
@@ -108,11 +110,6 @@ def test_manifest_on_s3(s3):
 
 
 def _validate(tmp_path, paths: list[str]):
-    from typer.testing import CliRunner
-
-    from pipeline.cli import app
-    from pipeline_testing import REPO
-
     (tmp_path / "job.yaml").write_text(
         f"input: {{paths: {paths}}}\noutput: {{path: {tmp_path / 'out'}}}\n"
         f"model: {{source: {REPO / 'models' / 'shapes-v3'}}}\n"
