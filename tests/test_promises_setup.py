@@ -91,18 +91,18 @@ def test_model_actors_wait_passively_unless_the_driver_says_otherwise(monkeypatc
     assert job_py.count('runtime_env={"env_vars": actor_env()}') == 1  # the edit stage's actors get it
 
 
-def test_the_shapes_preset_keeps_alignment_of_at_least_1_and_filters_merge_key_by_key(tmp_path):
-    """README: the shapes preset keeps ``score_alignment >= 1.0``; ``min``/``max`` (and ``by``) merge
+def test_the_shapes_preset_keeps_alignment_of_at_least_0_4_and_filters_merge_key_by_key(tmp_path):
+    """README: the shapes preset keeps ``score_alignment >= 0.4``; ``min``/``max`` (and ``by``) merge
     key by key with a preset's, and a bound set to one that always holds switches the preset's off."""
     preset_only = load_job(REPO / "jobs" / "shapes_recolor.yaml", env={})
-    assert preset_only.filter.min == {"alignment": 1.0} and preset_only.filter.max == {}
+    assert preset_only.filter.min == {"alignment": 0.4} and preset_only.filter.max == {}
     job = tmp_path / "job.yaml"
     job.write_text(
         f"presets: [models/shapes-v3, compute/cpu]\ninput: {{paths: [{tmp_path}/in]}}\n"
         f"output: {{path: {tmp_path}/out}}\nfilter: {{min: {{psnr: 20}}, max: {{mask_components: 3}}}}\n"
     )
     merged = load_job(job, env={}, configs_dir=REPO / "configs")
-    assert merged.filter.min == {"alignment": 1.0, "psnr": 20.0}  # the preset's bound and the job's
+    assert merged.filter.min == {"alignment": 0.4, "psnr": 20.0}  # the preset's bound and the job's
     assert merged.filter.max == {"mask_components": 3.0}
     job.write_text(job.read_text().replace("psnr: 20", "alignment: -1000000.0"))
     assert load_job(job, env={}, configs_dir=REPO / "configs").filter.min == {"alignment": -1e6}
