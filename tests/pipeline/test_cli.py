@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import yaml
 from PIL import Image
 from pipeline_testing import COCO, REPO, read_output, s3fs_for, state_file, upload_dir
 from typer.testing import CliRunner
 
+from diffedit.params import EditParams
 from pipeline.cli import app
 from pipeline.plan import GIB, ClusterDescription, Node
 
@@ -33,7 +35,11 @@ def test_demo_job_prepare_run_preview(ray_cluster, tiny_model, tmp_path, monkeyp
     assert "throughput" in result.output and "config hash" in result.output  # the summary table
     table = read_output(tmp_path / "out" / "shapes_recolor")
     assert table.num_rows == 4 and set(table.column("status").to_pylist()) == {"ok"}
-    assert table.column("num_inference_steps").to_pylist() == [50] * 4  # from the shapes-v3 preset
+    # every parameter the shapes-v3 preset sets is in the rows, where it differs from the library's default
+    preset = yaml.safe_load((REPO / "configs" / "models" / "shapes-v3.yaml").read_text())["params"]
+    for key, value in preset.items():
+        assert table.column(key).to_pylist() == [value] * 4, key
+    assert any(value != getattr(EditParams(), key) for key, value in preset.items())
     assert state_file(tmp_path / "out" / "shapes_recolor", "_SUCCESS").exists()
 
     again = runner.invoke(app, ["run", job])

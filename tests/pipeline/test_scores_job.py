@@ -14,18 +14,18 @@ from pipeline_testing import REPO, read_output, state_file, write_manifest
 from typer.testing import CliRunner
 
 from diffedit.clip import CLIP_SCORE_NAMES
-from diffedit.params import EditParams
 from diffedit.scores import SCORE_NAMES, Scoring
 from diffedit.select import candidate_seed, unet_evals_per_row
 from pipeline.cli import app
-from pipeline.config import ConfigError, FilterConfig, build_job
+from pipeline.config import ConfigError, FilterConfig, build_job, load_job
 from pipeline.keep import keep_verdict
 from pipeline.prepare import shapes_rows
 
 MODEL = REPO / "models" / "shapes-v3"
-#: The preset's own parameters (50 steps, r 0.8, 10 draws): the cost comparison is at real settings.
-PARAMS = {"num_inference_steps": 50, "encode_ratio": 0.8, "num_mask_draws": 10, "guidance_scale": 5.0}
-#: Bounds about half the rows miss (PSNR 26-32 dB here): the filter's both branches are exercised.
+#: The shapes preset's own parameters, as the job reads them: the cost comparison is at real settings.
+PARAMS = load_job(REPO / "jobs" / "shapes_recolor.yaml", env={}).params
+#: Bounds some rows miss at the preset's params (alignment 0.5-1.9 and PSNR 53-61 dB outside the mask on
+#: these rows, whose background is pasted back): the filter's both branches are exercised.
 JOB = f"""presets: [models/shapes-v3, compute/cpu]
 input: {{paths: [in]}}
 output: {{path: out, rows_per_file: 3}}
@@ -33,7 +33,7 @@ model: {{source: '{MODEL}'}}
 compute: {{batch_size: 3, rows_per_block: 3, torch_threads: 1}}
 selection: {{candidates: 2}}
 scoring: {{clip_model: clip}}
-filter: {{min: {{alignment: 0.0, psnr: 28}}, max: {{mask_components: 1}}}}
+filter: {{min: {{alignment: 0.8, psnr: 54}}, max: {{mask_components: 1}}}}
 """
 
 
@@ -69,8 +69,8 @@ def test_every_ok_row_is_scored_selected_and_filtered(run):
     assert run["run"].exit_code == 0, run["run"].output
     out = read_output(run["root"] / "out").to_pylist()
     assert sorted(r["id"] for r in out) == sorted(r["id"] for r in run["rows"])  # each id once
-    plain = unet_evals_per_row(EditParams.from_dict(PARAMS), None, 1)["total"]
-    rule = FilterConfig(min={"alignment": 0.0, "psnr": 28.0}, max={"mask_components": 1.0})
+    single = unet_evals_per_row(PARAMS, Scoring(), 1)["total"]  # one scored candidate
+    rule = FilterConfig(min={"alignment": 0.8, "psnr": 54.0}, max={"mask_components": 1.0})
     for row in out:
         assert row["status"] == "ok", row["error"]
         assert all(row[f"score_{n}"] is not None for n in SCORE_NAMES), row["id"]
@@ -85,12 +85,10 @@ def test_every_ok_row_is_scored_selected_and_filtered(run):
         best = max(cands, key=lambda c: (c["score_alignment"], -c["candidate"]))
         assert row["candidate"] == best["candidate"] and row["candidate_seed"] == best["seed"]
         assert row["score_alignment"] == best["score_alignment"]
-        # fewer UNet evaluations than two plain edits, exactly the counted cost (below: the repeated image)
+        # fewer UNet evaluations than two scored edits, exactly the counted cost (below: the repeated image)
         if row["input_sha256"] != out_sha_of_first(out, run):
-            assert (
-                row["unet_evals"] == unet_evals_per_row(EditParams.from_dict(PARAMS), Scoring(), 2)["total"]
-            )
-        assert row["unet_evals"] < 2 * plain
+            assert row["unet_evals"] == unet_evals_per_row(PARAMS, Scoring(), 2)["total"]
+        assert row["unet_evals"] < 2 * single  # the two candidates share the VAE encode and the inversion
         # the filter's verdict is the rule applied to the row's own scores
         assert (row["keep"], row["reject_reason"]) == keep_verdict(row, rule)
         # provenance
@@ -101,15 +99,15 @@ def test_every_ok_row_is_scored_selected_and_filtered(run):
     by_id = {r["id"]: r for r in out}
     assert by_id["repeat-of-first"]["input_sha256"] == by_id[run["rows"][0]["id"]]["input_sha256"]
     # The repeated image is inverted once for both rows (in one batch: half each; in two: the second row's
-    # trajectory comes from the actor's LRU): together they cost two rows less one inversion (40).
+    # trajectory comes from the actor's LRU): together they cost two rows less one inversion.
     pair = by_id["repeat-of-first"]["unet_evals"] + by_id[run["rows"][0]["id"]]["unet_evals"]
-    assert pair == 2 * unet_evals_per_row(EditParams.from_dict(PARAMS), Scoring(), 2)["total"] - 40
+    assert pair == 2 * unet_evals_per_row(PARAMS, Scoring(), 2)["total"] - PARAMS.num_encode_steps
     kept = sum(r["keep"] for r in out)
     assert 0 < kept < len(out), [r["reject_reason"] for r in out]  # both branches seen
 
     summary = json.loads(state_file(run["root"] / "out", "summary.json").read_text())
     data = summary["dataset"]
-    assert (data["ok"], data["kept"]) == (len(out), kept) and data["yield"] == pytest.approx(kept / len(out))
+    assert (data["ok"], data["kept"]) == (len(out), kept) and data["yield"] == round(kept / len(out), 4)
     rejected = [r for r in out if not r["keep"]]
     for bound in ("score_alignment", "score_psnr", "score_mask_components"):
         count = sum(bound in (r["reject_reason"] or "") for r in rejected)
@@ -128,7 +126,7 @@ def test_every_ok_row_is_scored_selected_and_filtered(run):
 def test_validate_states_the_cost_and_the_repeated_edits(run):
     text = run["validate"].output
     assert run["validate"].exit_code == 0, text
-    cost = unet_evals_per_row(EditParams.from_dict(PARAMS), Scoring(), 2)
+    cost = unet_evals_per_row(PARAMS, Scoring(), 2)
     assert f"cost: {cost['total']} UNet evaluations per row (best of 2 candidates" in text
     assert "WARNING 1 row(s) repeat another row's (image, query)" in text and "repeat-of-first" in text
 
