@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from benchmarks.quality import levers, masks, preset, selection
+from benchmarks.quality.metrics import mask_iou
 from diffedit.editor import DiffEditor, EditRequest
 from diffedit.loading import load_bundle
 from diffedit.params import PAPER_MASK, EditParams
@@ -26,11 +26,8 @@ TASKS, STREAM, STEPS = 4, 1, 10
 
 
 @pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(torch_threads):
+    torch_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +138,7 @@ def test_the_mask_study_scores_the_masks_the_editor_builds(bundle, tmp_path, one
     ious = []
     for task, result in zip(tasks, plain_edits(bundle, params, tasks), strict=True):
         mask = np.kron(result.mask_binary_latent, np.ones((4, 4), dtype=bool))  # (64, 64)
-        region = np.asarray(task.region, dtype=bool)  # (64, 64)
-        ious.append((mask & region).sum() / (mask | region).sum())
+        ious.append(mask_iou(mask, task.region))
     assert float(paper["iou"]) == pytest.approx(np.mean(ious), abs=1e-3)
     assert {r["reference"] for r in rows} == {"caption", "empty"}
 
