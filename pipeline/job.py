@@ -302,6 +302,7 @@ def connect_ray(address: str | None) -> bool:
     # one process (tests, notebooks) do not stack copies.
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TOKEN_NOTICE)
     logging.getLogger("ray._private.worker").addFilter(_NO_ANSI)  # "View the dashboard at <green URL>"
+    _plain_forwarded_lines()
     try:
         return ensure_ray(address)
     except ValueError as exc:
@@ -352,6 +353,15 @@ class _StripAnsi(logging.Filter):
 
 
 _NO_ANSI = _StripAnsi()
+
+
+def _plain_forwarded_lines() -> None:
+    """Lines Ray forwards to the driver (workers', actors', gcs_server's) reach the log without colour
+    when the log is not a terminal (cron, Airflow, ``ray job submit``): Ray colours their "(pid=...)"
+    prefix unless ``RAY_COLOR_PREFIX=0``, which it reads as it prints each line. A user's own setting
+    stays."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
 def _is_auth_error(exc: BaseException) -> bool:
